@@ -1,0 +1,28 @@
+# point_sup developer commands. Every target sets up $(VENV) first (idempotent, quick when done).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint format clean
+
+setup:
+	@bash tools/setup_env.sh $(VENV)
+
+## Set-up, then the whole test suite (the README's test command; .ci/run calls it).
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Set-up, then the suite without tests marked slow.
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf output .pytest_cache .ruff_cache build *.egg-info

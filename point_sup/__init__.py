@@ -1,0 +1,17 @@
+"""point_sup: Pointly-Supervised Instance Segmentation (Cheng, Parkhi, Kirillov, CVPR 2022) for Detectron2.
+
+``import point_sup`` makes every component available through Detectron2's registries and catalogs:
+config keys (:func:`add_point_sup_config`), the point-aware dataset mapper, the point-supervised
+mask heads (``ROI_MASK_HEAD_REGISTRY``) and the builtin P_N datasets (``DatasetCatalog``).
+Import it before building a model or loading a config that names them.
+"""
+
+from . import compat
+
+compat.apply()  # must precede any import of detectron2.evaluation / detectron2.layers
+
+from . import data, modeling  # noqa: E402  (imports register the components)
+from .config import add_point_sup_config  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "add_point_sup_config", "compat", "data", "modeling"]

@@ -1,0 +1,75 @@
+"""Config keys of point_sup: :func:`add_point_sup_config`.
+
+Key names follow Detectron2's PointSup and PointRend projects wherever the meaning is the same, so
+their YAML files read the same here and both ``add_*_config`` functions can be applied to one config
+(keys that already exist are left as they are).
+"""
+
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_point_sup_config"]
+
+
+def _set_default(node: CN, key: str, value) -> None:
+    if key not in node:
+        node[key] = value
+
+
+def add_point_sup_config(cfg: CN) -> CN:
+    """Add point_sup's keys (with their defaults) to ``cfg`` in place, and return it.
+
+    INPUT
+        POINT_SUP: train the mask head from P_N point annotations (``point_coords``/``point_labels``)
+            instead of masks.
+        SAMPLE_POINTS: point-based augmentation (paper §3.2): each iteration keeps this many randomly
+            chosen labelled points per instance (5 for P10: "half of all available points"); 0 keeps all.
+    MODEL.ROI_MASK_HEAD (PointRend coarse head / Implicit PointRend parameter head)
+        FC_DIM, NUM_FC: fully connected layers of the head; OUTPUT_SIDE_RESOLUTION: PointRend's coarse
+        mask side (7); IN_FEATURES: features pooled for the head; POINT_HEAD_ON: PointRend's switch.
+    MODEL.POINT_HEAD (PointRend and Implicit PointRend point heads; paper §4.3 = PointRend's values)
+        NUM_CLASSES, FC_DIM (256), NUM_FC (3 hidden layers), CLS_AGNOSTIC_MASK, IN_FEATURES (("p2",)),
+        TRAIN_NUM_POINTS (14², points per RoI when training from masks), OVERSAMPLE_RATIO and
+        IMPORTANCE_SAMPLE_RATIO (PointRend's uncertainty sampling when training from masks),
+        SUBDIVISION_STEPS and SUBDIVISION_NUM_POINTS (adaptive subdivision at inference; 28² points per
+        step), COARSE_PRED_EACH_LAYER.
+    MODEL.IMPLICIT_POINTREND (paper §4)
+        IMAGE_FEATURE_ENABLED: feed fine-grained p2 features to the point head.
+        POS_ENC_ENABLED: random Fourier encoding of box-relative coordinates instead of raw (x, y).
+        PARAMS_L2_REGULARIZER: weight of the L2 loss on the generated point-head parameters (1e-5).
+    """
+    _set_default(cfg.INPUT, "POINT_SUP", False)
+    _set_default(cfg.INPUT, "SAMPLE_POINTS", 0)
+
+    mask_head = cfg.MODEL.ROI_MASK_HEAD
+    _set_default(mask_head, "FC_DIM", 1024)
+    _set_default(mask_head, "NUM_FC", 2)
+    _set_default(mask_head, "OUTPUT_SIDE_RESOLUTION", 7)
+    _set_default(mask_head, "IN_FEATURES", ("p2",))
+    _set_default(mask_head, "POINT_HEAD_ON", False)
+
+    if "POINT_HEAD" not in cfg.MODEL:
+        cfg.MODEL.POINT_HEAD = CN()
+    point_head = cfg.MODEL.POINT_HEAD
+    _set_default(point_head, "NAME", "StandardPointHead")
+    _set_default(point_head, "NUM_CLASSES", 80)
+    _set_default(point_head, "FC_DIM", 256)
+    _set_default(point_head, "NUM_FC", 3)
+    _set_default(point_head, "CLS_AGNOSTIC_MASK", False)
+    _set_default(point_head, "IN_FEATURES", ("p2",))
+    _set_default(point_head, "TRAIN_NUM_POINTS", 14 * 14)
+    _set_default(point_head, "OVERSAMPLE_RATIO", 3)
+    _set_default(point_head, "IMPORTANCE_SAMPLE_RATIO", 0.75)
+    _set_default(point_head, "SUBDIVISION_STEPS", 5)
+    _set_default(point_head, "SUBDIVISION_NUM_POINTS", 28 * 28)
+    _set_default(point_head, "COARSE_PRED_EACH_LAYER", True)
+    _set_default(point_head, "COARSE_SEM_SEG_HEAD_NAME", "SemSegFPNHead")
+
+    if "IMPLICIT_POINTREND" not in cfg.MODEL:
+        cfg.MODEL.IMPLICIT_POINTREND = CN()
+    implicit = cfg.MODEL.IMPLICIT_POINTREND
+    _set_default(implicit, "IMAGE_FEATURE_ENABLED", True)
+    _set_default(implicit, "POS_ENC_ENABLED", True)
+    _set_default(implicit, "PARAMS_L2_REGULARIZER", 1e-5)
+    return cfg

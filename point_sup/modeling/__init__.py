@@ -1,0 +1,1 @@
+"""Modeling: shared point machinery and the point-supervised mask heads (registered on import)."""
