@@ -111,6 +111,8 @@ ext = "C++ extension loaded" if compat.HAS_C_EXTENSION else "no C++ extension (p
 print(f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}, {ext}; torch {torch.__version__}")
 EOF
 )"
+# The offline demo/test data (a real nuclei image inside the 3 MB stardist wheel), fetched once.
+"$PY" -c "from point_sup.data.nuclei import fetch_stardist_wheel as f; print('[setup_env] nuclei data:', f())"
 log "detectron2 route taken: $chosen"
 log "$summary"
 echo "$chosen: $summary" > "$VENV/.point_sup_d2_route"
