@@ -1,0 +1,208 @@
+"""Shared point machinery: sampling features at points, box-relative coordinates, point selection.
+
+Coordinate conventions used throughout point_sup:
+
+* **Image coordinates** are Detectron2's continuous coordinates: pixel ``(i, j)`` (column ``i``,
+  row ``j``) covers ``[i, i + 1) x [j, j + 1)`` and its centre is ``(i + 0.5, j + 0.5)``. Integer
+  point annotations (pixel indices) become image coordinates by adding 0.5 in the dataset loader.
+* **Box-relative coordinates** ``(u, v)`` in ``[0, 1]^2`` map a box ``(x0, y0, x1, y1)`` (XYXY,
+  image coordinates) to ``x = x0 + u * (x1 - x0)``, ``y = y0 + v * (y1 - y0)``. A point is inside
+  the box iff ``0 <= u <= 1`` and ``0 <= v <= 1``.
+* **Normalized map coordinates** for :func:`point_sample`: ``(0, 0)`` and ``(1, 1)`` are the outer
+  corners of a feature map, so the centre of cell ``k`` of an ``M``-cell side is ``(k + 0.5) / M``.
+  An ``M x M`` RoI prediction (Mask R-CNN's 28x28, PointRend's 7x7) is aligned with its box
+  (RoIAlign ``aligned=True``), so box-relative coordinates are directly its normalized coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import Boxes
+
+__all__ = [
+    "calculate_uncertainty",
+    "generate_regular_grid_point_coords",
+    "get_point_coords_wrt_box",
+    "get_point_coords_wrt_image",
+    "get_uncertain_point_coords_on_grid",
+    "get_uncertain_point_coords_with_randomness",
+    "point_sample",
+    "point_sample_fine_grained_features",
+]
+
+
+def point_sample(input: torch.Tensor, point_coords: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Bilinearly interpolate ``input`` at normalized points.
+
+    Args:
+        input: (N, C, H, W) feature map or prediction.
+        point_coords: (N, P, 2) or (N, Hp, Wp, 2) normalized (x, y) in [0, 1]^2 (see module doc:
+            0 and 1 are the outer edges; cell centres at (k + 0.5) / size).
+        kwargs: passed to :func:`torch.nn.functional.grid_sample` (e.g. ``mode="nearest"``).
+
+    Returns:
+        (N, C, P) or (N, C, Hp, Wp). Outside the map, values fade to 0 (``padding_mode="zeros"``).
+    """
+    add_dim = point_coords.dim() == 3
+    if add_dim:
+        point_coords = point_coords.unsqueeze(2)
+    # align_corners=False is what makes [0, 1] the outer edges rather than the outer cell centres.
+    output = F.grid_sample(input, 2.0 * point_coords - 1.0, align_corners=False, **kwargs)
+    return output.squeeze(3) if add_dim else output
+
+
+def generate_regular_grid_point_coords(
+    num_boxes: int, side_size: int, device: torch.device | str
+) -> torch.Tensor:
+    """Centres of a ``side_size x side_size`` grid, row-major, for each of ``num_boxes`` boxes.
+
+    Returns:
+        (num_boxes, side_size², 2) normalized (x, y); cell ``(row, col)`` is at
+        ``((col + 0.5) / side, (row + 0.5) / side)`` and has flat index ``row * side + col``.
+    """
+    centres = (torch.arange(side_size, device=device, dtype=torch.float32) + 0.5) / side_size
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    grid = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+    return grid.unsqueeze(0).expand(num_boxes, -1, -1).contiguous()
+
+
+def get_point_coords_wrt_image(boxes: torch.Tensor, point_coords: torch.Tensor) -> torch.Tensor:
+    """Box-relative (u, v) to image coordinates.
+
+    Args:
+        boxes: (R, 4) XYXY image coordinates.
+        point_coords: (R, P, 2) box-relative (u, v).
+
+    Returns:
+        (R, P, 2) image coordinates (x, y).
+    """
+    origin = boxes[:, None, 0:2]
+    size = boxes[:, None, 2:4] - origin
+    return origin + point_coords * size
+
+
+def get_point_coords_wrt_box(boxes: torch.Tensor, point_coords: torch.Tensor) -> torch.Tensor:
+    """Image coordinates to box-relative (u, v); the inverse of :func:`get_point_coords_wrt_image`.
+
+    Args:
+        boxes: (R, 4) XYXY image coordinates. Degenerate (zero width/height) boxes are widened to
+            a minimum size of 1e-6 so the result stays finite.
+        point_coords: (R, P, 2) image coordinates (x, y).
+
+    Returns:
+        (R, P, 2) box-relative (u, v); inside the box iff both lie in [0, 1].
+    """
+    origin = boxes[:, None, 0:2]
+    size = (boxes[:, None, 2:4] - origin).clamp(min=1e-6)
+    return (point_coords - origin) / size
+
+
+def point_sample_fine_grained_features(
+    features_list: Sequence[torch.Tensor],
+    feature_scales: Sequence[float],
+    boxes: Sequence[Boxes],
+    point_coords: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of image-level maps (e.g. FPN p2) at box-relative points.
+
+    Args:
+        features_list: L maps, each (N, C_l, H_l, W_l) for the N images of the batch.
+        feature_scales: L scales (1 / stride) of those maps.
+        boxes: N :class:`Boxes`, R boxes in total, in image coordinates.
+        point_coords: (R, P, 2) box-relative (u, v), boxes concatenated in image order.
+
+    Returns:
+        features: (R, sum_l C_l, P) bilinear features at the points.
+        point_coords_wrt_image: (R, P, 2) the points in image coordinates.
+    """
+    cat_boxes = Boxes.cat(list(boxes))
+    point_coords_wrt_image = get_point_coords_wrt_image(cat_boxes.tensor, point_coords)
+    num_boxes = [len(b) for b in boxes]
+    features_per_image = []
+    for idx, coords in enumerate(torch.split(point_coords_wrt_image, num_boxes)):
+        if coords.numel() == 0:
+            continue
+        per_level = []
+        for features, scale in zip(features_list, feature_scales, strict=True):
+            # A map of stride s covers the image exactly: image coordinate x is map coordinate x / s.
+            size = torch.tensor(features.shape[-1:-3:-1], device=coords.device, dtype=coords.dtype)
+            normalized = coords * scale / size
+            sampled = point_sample(features[idx : idx + 1], normalized.reshape(1, -1, 2))
+            per_level.append(sampled.squeeze(0).view(features.shape[1], coords.shape[0], coords.shape[1]))
+        features_per_image.append(torch.cat(per_level, dim=0).transpose(0, 1))
+    if not features_per_image:
+        channels = sum(f.shape[1] for f in features_list)
+        empty = point_coords.new_zeros((0, channels, point_coords.shape[1]))
+        return empty, point_coords_wrt_image
+    return torch.cat(features_per_image, dim=0), point_coords_wrt_image
+
+
+def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """PointRend's uncertainty: ``-|logit|`` (highest where the prediction is closest to 0.5).
+
+    Args:
+        logits: (R, 1, ...) class-specific logits of the predicted (or ground-truth) class.
+
+    Returns:
+        (R, 1, ...) uncertainty scores.
+    """
+    return -torch.abs(logits)
+
+
+def get_uncertain_point_coords_with_randomness(
+    coarse_logits: torch.Tensor,
+    uncertainty_func: Callable[[torch.Tensor], torch.Tensor],
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+) -> torch.Tensor:
+    """PointRend's training-time point selection (importance sampling biased to uncertain regions).
+
+    Draws ``oversample_ratio * num_points`` uniform random points, keeps the
+    ``importance_sample_ratio * num_points`` most uncertain of them and fills the rest with new
+    uniform random points.
+
+    Args:
+        coarse_logits: (R, C, Hc, Wc) or (R, 1, Hc, Wc) coarse predictions.
+        uncertainty_func: maps (R, C, P) sampled logits to (R, 1, P) uncertainties.
+        num_points, oversample_ratio, importance_sample_ratio: as in PointRend (k and beta).
+
+    Returns:
+        (R, num_points, 2) box-relative (u, v).
+    """
+    assert oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1
+    R = coarse_logits.shape[0]
+    num_sampled = int(num_points * oversample_ratio)
+    candidates = torch.rand(R, num_sampled, 2, device=coarse_logits.device)
+    uncertainties = uncertainty_func(point_sample(coarse_logits, candidates))
+    num_uncertain = int(importance_sample_ratio * num_points)
+    num_random = num_points - num_uncertain
+    idx = torch.topk(uncertainties[:, 0, :], k=num_uncertain, dim=1)[1]
+    coords = torch.gather(candidates, 1, idx.unsqueeze(-1).expand(-1, -1, 2))
+    if num_random > 0:
+        coords = torch.cat([coords, torch.rand(R, num_random, 2, device=coarse_logits.device)], dim=1)
+    return coords
+
+
+def get_uncertain_point_coords_on_grid(
+    uncertainty_map: torch.Tensor, num_points: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``num_points`` most uncertain cells of a regular grid (adaptive subdivision at inference).
+
+    Args:
+        uncertainty_map: (R, 1, H, W) uncertainties.
+        num_points: how many cells to select (at most H * W).
+
+    Returns:
+        point_indices: (R, P) flat indices ``row * W + col``, P = min(num_points, H * W).
+        point_coords: (R, P, 2) normalized (x, y) of those cell centres.
+    """
+    R, _, H, W = uncertainty_map.shape
+    num_points = min(H * W, num_points)
+    point_indices = torch.topk(uncertainty_map.view(R, H * W), k=num_points, dim=1)[1]
+    xs = ((point_indices % W).to(torch.float32) + 0.5) / W
+    ys = (torch.div(point_indices, W, rounding_mode="floor").to(torch.float32) + 0.5) / H
+    return point_indices, torch.stack([xs, ys], dim=2)

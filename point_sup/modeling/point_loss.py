@@ -1,0 +1,141 @@
+"""The point-level mask loss (paper §3.2) and the targets it compares against.
+
+Every point-supervised head reduces its prediction to one logit per labelled point and calls
+:func:`point_bce_loss`. Labels are float: 1 = object, 0 = background, -1 = ignore. A point is
+ignored when it is padding (instances of one batch may have different numbers of points), when it
+left the image under augmentation, or when it lies outside the proposal box the prediction is made
+for (paper §3.2: "points outside the proposal box are ignored").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import BitMasks, Instances, PolygonMasks
+from detectron2.utils.events import get_event_storage
+
+from .point_features import get_point_coords_wrt_box
+
+__all__ = [
+    "IGNORE_LABEL",
+    "get_point_targets",
+    "mask_labels_at_points",
+    "point_bce_loss",
+    "select_class_logits",
+]
+
+IGNORE_LABEL = -1.0
+
+
+def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labelled points of training proposals, relative to each proposal's box.
+
+    Args:
+        instances: per image, proposals matched to ground truth with fields ``proposal_boxes``
+            (R_i boxes, image coordinates), ``gt_point_coords`` (R_i, P_i, 2) image coordinates and
+            ``gt_point_labels`` (R_i, P_i) in {1, 0, -1} (see point_sup.data.dataset_mapper).
+
+    Returns:
+        point_coords: (R, P, 2) box-relative (u, v) for the R = sum R_i proposals, P = max P_i.
+        point_labels: (R, P) float; -1 for padding, ignored points and points outside the
+            proposal box (closed interval: a point on the box edge counts as inside).
+    """
+    coords, labels = [], []
+    for inst in instances:
+        if len(inst) == 0:
+            continue
+        rel = get_point_coords_wrt_box(inst.proposal_boxes.tensor, inst.gt_point_coords.to(torch.float32))
+        lab = inst.gt_point_labels.to(torch.float32).clone()
+        outside = ((rel < 0.0) | (rel > 1.0)).any(dim=2)
+        lab[outside] = IGNORE_LABEL
+        coords.append(rel)
+        labels.append(lab)
+    if not coords:
+        device = instances[0].proposal_boxes.device if instances else torch.device("cpu")
+        return torch.zeros((0, 0, 2), device=device), torch.zeros((0, 0), device=device)
+    num_points = max(c.shape[1] for c in coords)
+    coords = [F.pad(c, (0, 0, 0, num_points - c.shape[1])) for c in coords]
+    labels = [F.pad(lab, (0, num_points - lab.shape[1]), value=IGNORE_LABEL) for lab in labels]
+    return torch.cat(coords), torch.cat(labels)
+
+
+def mask_labels_at_points(
+    gt_masks: PolygonMasks | BitMasks, point_coords_wrt_image: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Ground-truth mask values at image points, for heads trained from masks with sampled points.
+
+    The label of a point is the mask value of the pixel that contains it (``floor`` of its image
+    coordinates): the same rule by which P_N annotations label their points. Points outside the
+    image get 0.
+
+    Args:
+        gt_masks: R masks of one image.
+        point_coords_wrt_image: (R, P, 2) image coordinates (x, y).
+        image_size: (H, W) of the image the masks belong to.
+
+    Returns:
+        (R, P) float labels in {0, 1}.
+    """
+    if isinstance(gt_masks, PolygonMasks):
+        gt_masks = BitMasks.from_polygon_masks(gt_masks, *image_size)
+    masks = gt_masks.tensor.to(point_coords_wrt_image.device)
+    R, H, W = masks.shape
+    if R == 0:
+        return point_coords_wrt_image.new_zeros(point_coords_wrt_image.shape[:2])
+    cols = torch.floor(point_coords_wrt_image[..., 0]).long()
+    rows = torch.floor(point_coords_wrt_image[..., 1]).long()
+    inside = (cols >= 0) & (cols < W) & (rows >= 0) & (rows < H)
+    flat = rows.clamp(0, H - 1) * W + cols.clamp(0, W - 1)
+    values = torch.gather(masks.view(R, H * W), 1, flat).to(torch.float32)
+    return values * inside
+
+
+def select_class_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """The channel of each instance's class, or the only channel of a class-agnostic prediction.
+
+    Args:
+        logits: (R, C, ...) with C = number of classes, or (R, 1, ...).
+        classes: (R,) int64 class indices.
+
+    Returns:
+        (R, 1, ...).
+    """
+    if logits.shape[1] == 1:
+        return logits
+    return logits[torch.arange(logits.shape[0], device=logits.device), classes].unsqueeze(1)
+
+
+def point_bce_loss(
+    point_logits: torch.Tensor, point_labels: torch.Tensor, log_prefix: str = ""
+) -> torch.Tensor:
+    """Binary cross-entropy averaged over the valid (label >= 0) points.
+
+    Args:
+        point_logits: (R, P) logits at the labelled points.
+        point_labels: (R, P) float in {1, 0, -1}; -1 = ignore.
+        log_prefix: if given and an event storage is active, the point accuracy and the fraction
+            of valid points are logged under ``{log_prefix}/...``.
+
+    Returns:
+        A scalar. With no valid point it is ``0 * point_logits.sum()``, so the graph (and DDP's
+        expectation that every parameter gets a gradient) is kept.
+    """
+    valid = point_labels >= 0
+    if log_prefix:
+        _log_point_stats(point_logits, point_labels, valid, log_prefix)
+    if not bool(valid.any()):
+        return point_logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(point_logits[valid], point_labels[valid], reduction="mean")
+
+
+def _log_point_stats(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prefix: str) -> None:
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # no EventStorage outside a trainer: nothing to log to
+        return
+    num_valid = int(valid.sum())
+    correct = ((logits > 0) == (labels > 0.5)) & valid
+    storage.put_scalar(f"{prefix}/accuracy", float(correct.sum()) / max(num_valid, 1))
+    storage.put_scalar(f"{prefix}/valid_point_fraction", num_valid / max(labels.numel(), 1))
