@@ -12,6 +12,14 @@ compat.apply()  # must precede any import of detectron2.evaluation / detectron2.
 
 from . import data, modeling  # noqa: E402  (imports register the components)
 from .config import add_point_sup_config  # noqa: E402
+from .data import register_coco_instances_with_points  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "add_point_sup_config", "compat", "data", "modeling"]
+__all__ = [
+    "__version__",
+    "add_point_sup_config",
+    "compat",
+    "data",
+    "modeling",
+    "register_coco_instances_with_points",
+]

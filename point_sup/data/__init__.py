@@ -1,1 +1,21 @@
-"""Data: P_N annotation simulation, point-annotated dataset registration, the point-aware mapper."""
+"""Data: P_N annotation simulation, point-annotated dataset registration, the point-aware mapper.
+
+Importing this package registers the builtin point-supervised datasets (:mod:`.builtin`).
+"""
+
+from . import builtin  # noqa: F401  (registers the builtin datasets)
+from .builtin import POINT_SUP_DATASET_PAIRS, register_all_point_sup, register_nuclei
+from .checks import check_point_supervision
+from .dataset_mapper import PointSupDatasetMapper, transform_point_annotations
+from .datasets import load_coco_json_with_points, register_coco_instances_with_points
+
+__all__ = [
+    "POINT_SUP_DATASET_PAIRS",
+    "PointSupDatasetMapper",
+    "check_point_supervision",
+    "load_coco_json_with_points",
+    "register_all_point_sup",
+    "register_coco_instances_with_points",
+    "register_nuclei",
+    "transform_point_annotations",
+]

@@ -1,0 +1,159 @@
+"""Builtin point-supervised datasets, registered on ``import point_sup`` under ``$DETECTRON2_DATASETS``.
+
+P10 training sets (paper §3.3), paths under ``$DETECTRON2_DATASETS``, and the mask-annotated set each
+is evaluated on (:data:`POINT_SUP_DATASET_PAIRS`):
+
+- ``coco_2017_train_p10``: ``coco/annotations/instances_train2017_n10_v0_without_masks.json``,
+  images ``coco/train2017``; validation ``coco_2017_val``.
+- ``lvis_v1_train_p10``: ``lvis/lvis_v1_train_n10_v0_without_masks.json``, images ``coco/``;
+  validation ``lvis_v1_val``.
+- ``cityscapes_fine_instance_seg_train_p10``:
+  ``cityscapes/cityscapes_fine_instance_seg_train_n10_v0_without_masks.json``, images
+  ``cityscapes/leftImg8bit/train``; validation ``cityscapes_fine_instance_seg_val``.
+- ``voc_2012_train_instance_p10``:
+  ``voc_2012_instance/annotations/voc_2012_train_instance_n10_v0_without_masks.json``, images
+  ``voc_2012_instance/JPEGImages``; validation ``voc_2012_val_instance``.
+
+The COCO, LVIS and Cityscapes validation sets are Detectron2's builtin ones; the VOC 2012 instance
+sets (``voc_2012_{train,val}_instance``, COCO JSON with masks) are registered here. Each P10 set
+copies the class metadata of its mask-supervised counterpart (``coco_2017_train``, ...), so a model
+trained on points is evaluated with the same classes, and records its validation set under the
+metadata key ``paired_val_dataset``. Registration reads nothing from disk.
+
+:func:`register_nuclei` registers the small real nuclei dataset of :mod:`point_sup.data.nuclei`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
+
+from .datasets import register_coco_instances_with_points
+from .nuclei import build_nuclei_coco
+
+__all__ = [
+    "POINT_SUP_DATASET_PAIRS",
+    "register_all_point_sup",
+    "register_nuclei",
+]
+
+logger = logging.getLogger(__name__)
+
+# P10 training set -> mask-annotated validation set.
+POINT_SUP_DATASET_PAIRS: dict[str, str] = {
+    "coco_2017_train_p10": "coco_2017_val",
+    "lvis_v1_train_p10": "lvis_v1_val",
+    "cityscapes_fine_instance_seg_train_p10": "cityscapes_fine_instance_seg_val",
+    "voc_2012_train_instance_p10": "voc_2012_val_instance",
+}
+
+# name -> (mask-supervised dataset whose class metadata it shares, P10 JSON, image root), relative
+# to the datasets root. LVIS P10 files are read as COCO JSON: images need a ``file_name`` relative to
+# ``coco/`` (e.g. ``train2017/000000391895.jpg``), as LVIS images live in COCO's folders.
+_P10: dict[str, tuple[str, str, str]] = {
+    "coco_2017_train_p10": (
+        "coco_2017_train",
+        "coco/annotations/instances_train2017_n10_v0_without_masks.json",
+        "coco/train2017",
+    ),
+    "lvis_v1_train_p10": ("lvis_v1_train", "lvis/lvis_v1_train_n10_v0_without_masks.json", "coco/"),
+    "cityscapes_fine_instance_seg_train_p10": (
+        "cityscapes_fine_instance_seg_train",
+        "cityscapes/cityscapes_fine_instance_seg_train_n10_v0_without_masks.json",
+        "cityscapes/leftImg8bit/train",
+    ),
+    "voc_2012_train_instance_p10": (
+        "voc_2012_train_instance",
+        "voc_2012_instance/annotations/voc_2012_train_instance_n10_v0_without_masks.json",
+        "voc_2012_instance/JPEGImages",
+    ),
+}
+
+# Mask-annotated VOC 2012 instance segmentation (SBD-augmented train, VOC val) in COCO JSON.
+_VOC_MASKS: dict[str, tuple[str, str]] = {
+    "voc_2012_train_instance": (
+        "voc_2012_instance/annotations/voc_2012_train_instance.json",
+        "voc_2012_instance/JPEGImages",
+    ),
+    "voc_2012_val_instance": (
+        "voc_2012_instance/annotations/voc_2012_val_instance.json",
+        "voc_2012_instance/JPEGImages",
+    ),
+}
+
+# Class metadata shared between a P10 set and its mask-supervised counterpart; paths and the
+# evaluator type stay the P10 set's own.
+_SHARED_METADATA_KEYS = (
+    "thing_classes",
+    "thing_colors",
+    "thing_dataset_id_to_contiguous_id",
+    "class_image_count",
+)
+
+
+def _voc_metadata() -> dict:
+    # COCO-style category ids 1..20 in Detectron2's PASCAL VOC class order.
+    return {
+        "thing_classes": list(VOC_CLASS_NAMES),
+        "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(VOC_CLASS_NAMES))},
+    }
+
+
+def _class_metadata(name: str) -> dict:
+    meta = MetadataCatalog.get(name)
+    return {key: getattr(meta, key) for key in _SHARED_METADATA_KEYS if hasattr(meta, key)}
+
+
+def register_all_point_sup(root: str | os.PathLike) -> None:
+    """Register the builtin datasets of this module with paths under ``root``.
+
+    Names already registered are left as they are (so importing or calling this twice is harmless;
+    remove a name from both catalogs first to re-register it elsewhere). Reads nothing from disk.
+    """
+    root = os.fspath(root)
+    for name, (json_rel, image_rel) in _VOC_MASKS.items():
+        if name in DatasetCatalog:
+            continue
+        register_coco_instances(
+            name, _voc_metadata(), os.path.join(root, json_rel), os.path.join(root, image_rel)
+        )
+    for name, (mask_name, json_rel, image_rel) in _P10.items():
+        if name in DatasetCatalog:
+            logger.debug(f"{name} is already registered; left as it is")
+            continue
+        metadata = {**_class_metadata(mask_name), "paired_val_dataset": POINT_SUP_DATASET_PAIRS[name]}
+        register_coco_instances_with_points(
+            name, metadata, os.path.join(root, json_rel), os.path.join(root, image_rel)
+        )
+
+
+def register_nuclei(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Build the nuclei COCO dataset under ``root`` and register ``nuclei_train`` / ``nuclei_val``.
+
+    Unlike the builtin sets this writes files (:func:`point_sup.data.nuclei.build_nuclei_coco`, which
+    needs the cached or downloadable stardist wheel). Both splits carry masks (compressed RLE, so use
+    ``INPUT.MASK_FORMAT = "bitmask"``); a P_N version of ``nuclei_train`` is registered with
+    :func:`point_sup.data.register_coco_instances_with_points` once the simulator has written it.
+    Registering again (e.g. under another ``root``) replaces the previous registration.
+
+    Returns:
+        the paths of :func:`build_nuclei_coco`: ``{"train": json, "val": json, "image_root": dir}``.
+    """
+    paths = build_nuclei_coco(root, cache_dir)
+    for split in ("train", "val"):
+        name = f"nuclei_{split}"
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.pop(name, None)
+        register_coco_instances(
+            name, {"thing_classes": ["nucleus"]}, str(paths[split]), str(paths["image_root"])
+        )
+    return paths
+
+
+register_all_point_sup(os.getenv("DETECTRON2_DATASETS", "datasets"))

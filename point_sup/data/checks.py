@@ -1,0 +1,131 @@
+"""Start-up checks: misuse of point supervision fails before training, with a message that names the
+dataset and the missing field, instead of deep inside a loss."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .datasets import POINT_ANNOTATION_KEYS
+
+__all__ = ["check_point_supervision", "uses_point_head"]
+
+logger = logging.getLogger(__name__)
+
+
+def uses_point_head(cfg: CfgNode) -> bool:
+    """Whether the mask head has a point head sized by ``MODEL.POINT_HEAD.NUM_CLASSES`` (PointRend,
+    Implicit PointRend)."""
+    mask_head = cfg.MODEL.ROI_MASK_HEAD
+    return "PointRend" in mask_head.NAME or bool(mask_head.get("POINT_HEAD_ON", False))
+
+
+def _sample_annotations(dicts: Sequence[dict], num_samples: int) -> list[tuple[dict, dict]]:
+    """(record, annotation) pairs of non-crowd annotations from the first annotated record and from up
+    to ``num_samples`` records spread evenly over the dataset (deterministic)."""
+    annotated = [
+        i for i, r in enumerate(dicts) if any(a.get("iscrowd", 0) == 0 for a in r.get("annotations", []))
+    ]
+    if not annotated:
+        return []
+    picks = sorted(
+        {annotated[0], *(annotated[int(j)] for j in np.linspace(0, len(annotated) - 1, num_samples))}
+    )
+    return [(dicts[i], a) for i in picks for a in dicts[i]["annotations"] if a.get("iscrowd", 0) == 0]
+
+
+def check_point_supervision(
+    cfg: CfgNode,
+    dataset_names: str | Sequence[str] | None = None,
+    *,
+    dataset_dicts: Mapping[str, Sequence[dict]] | None = None,
+    num_samples: int = 100,
+) -> None:
+    """Check that the config's supervision matches the training data; call before building the model.
+
+    Raises ``ValueError`` when
+      - ``INPUT.POINT_SUP`` is on but a sampled annotation of a dataset lacks ``point_coords`` or
+        ``point_labels``;
+      - ``INPUT.POINT_SUP`` is off, ``MODEL.MASK_ON`` is on and a sampled annotation lacks
+        ``segmentation`` (a mask-supervised head given only points);
+      - the mask head has a point head (PointRend, Implicit PointRend) and
+        ``MODEL.POINT_HEAD.NUM_CLASSES != MODEL.ROI_HEADS.NUM_CLASSES``;
+      - a dataset's number of ``thing_classes`` differs from ``MODEL.ROI_HEADS.NUM_CLASSES``;
+      - a dataset has no annotated instance, or ``INPUT.SAMPLE_POINTS`` is negative.
+
+    Args:
+        cfg: a config with point_sup's keys (:func:`point_sup.add_point_sup_config`).
+        dataset_names: datasets to check; default ``cfg.DATASETS.TRAIN``.
+        dataset_dicts: already loaded dicts by dataset name (those not given are loaded from
+            ``DatasetCatalog``, which also sets their class metadata).
+        num_samples: records inspected per dataset besides the first annotated one.
+    """
+    if dataset_names is None:
+        dataset_names = cfg.DATASETS.TRAIN
+    if isinstance(dataset_names, str):
+        dataset_names = [dataset_names]
+    point_sup = bool(cfg.INPUT.POINT_SUP)
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+    if cfg.INPUT.SAMPLE_POINTS < 0:
+        raise ValueError(
+            f"INPUT.SAMPLE_POINTS must be >= 0 (0 keeps all points), got {cfg.INPUT.SAMPLE_POINTS}"
+        )
+    if cfg.INPUT.SAMPLE_POINTS > 0 and not point_sup:
+        logger.warning("INPUT.SAMPLE_POINTS has no effect without INPUT.POINT_SUP")
+    if cfg.MODEL.MASK_ON and uses_point_head(cfg) and num_classes != cfg.MODEL.POINT_HEAD.NUM_CLASSES:
+        raise ValueError(
+            f"MODEL.POINT_HEAD.NUM_CLASSES ({cfg.MODEL.POINT_HEAD.NUM_CLASSES}) of the point head of "
+            f"{cfg.MODEL.ROI_MASK_HEAD.NAME} differs from MODEL.ROI_HEADS.NUM_CLASSES ({num_classes}); "
+            "set both to the number of classes of the dataset"
+        )
+
+    for name in dataset_names:
+        dicts = (
+            dataset_dicts[name]
+            if dataset_dicts is not None and name in dataset_dicts
+            else DatasetCatalog.get(name)
+        )
+        meta = MetadataCatalog.get(name)
+        thing_classes = getattr(meta, "thing_classes", None)
+        if thing_classes is not None and len(thing_classes) != num_classes:
+            raise ValueError(
+                f"dataset '{name}' has {len(thing_classes)} thing_classes but MODEL.ROI_HEADS.NUM_CLASSES "
+                f"is {num_classes}"
+            )
+        samples = _sample_annotations(dicts, num_samples)
+        if not samples:
+            raise ValueError(f"dataset '{name}' has no annotated instance to train from")
+        if point_sup:
+            required, remedy = (
+                POINT_ANNOTATION_KEYS,
+                (
+                    "register its P_N annotation file with point_sup.register_coco_instances_with_points "
+                    "(tools/prepare_point_annotations.py makes one from masks), or turn INPUT.POINT_SUP off"
+                ),
+            )
+        elif cfg.MODEL.MASK_ON:
+            required, remedy = (
+                ("segmentation",),
+                (
+                    "it has only point annotations"
+                    if getattr(meta, "point_supervision", False)
+                    else "it has no masks"
+                )
+                + ": set INPUT.POINT_SUP True to train the mask head from points",
+            )
+        else:
+            continue
+        for record, anno in samples:
+            for key in required:
+                if key not in anno:
+                    raise ValueError(
+                        f"dataset '{name}': annotation id {anno.get('id', '?')} of image "
+                        f"{record.get('file_name')} has no '{key}', which "
+                        + ("INPUT.POINT_SUP" if point_sup else "the mask head (MODEL.MASK_ON)")
+                        + f" needs; {remedy}"
+                    )

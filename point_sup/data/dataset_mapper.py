@@ -1,0 +1,248 @@
+"""The point-aware dataset mapper: Detectron2's ``DatasetMapper`` that also carries P_N points.
+
+Coordinates: dataset dicts carry ``point_coords`` in Detectron2's continuous image coordinates (pixel
+index ``i`` covers ``[i, i + 1)``; the loader of :mod:`point_sup.data.datasets` stores a labelled pixel
+as its centre ``i + 0.5``). Every Detectron2 transform maps continuous coordinates with
+``apply_coords`` consistently with how it moves pixels (horizontal flip ``x -> W - x``, resize
+``x -> x * new_w / w``, crop ``x -> x - x0``, pad, rotation about the continuous centre, ...), so the
+pixel that contains a transformed point, ``floor(x'), floor(y')``, is the transformed pixel that the
+label was read from. Points that leave the image (crop, rotation) become ignore.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, Instances
+
+from .datasets import POINT_ANNOTATION_KEYS
+
+__all__ = [
+    "IGNORE_LABEL",
+    "PointSupDatasetMapper",
+    "empty_point_instances",
+    "pad_point_annotations",
+    "subsample_points",
+    "transform_point_annotations",
+]
+
+logger = logging.getLogger(__name__)
+
+IGNORE_LABEL = -1.0  # gt_point_labels value of padding and of points outside the image
+
+
+def transform_point_annotations(
+    point_coords: np.ndarray | Sequence,
+    point_labels: np.ndarray | Sequence,
+    transforms: T.Transform | Sequence[T.Transform],
+    image_size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply geometric transforms to one instance's points.
+
+    Args:
+        point_coords: (P, 2) absolute (x, y) in the original image's continuous coordinates (a labelled
+            pixel index ``i`` is stored as its centre ``i + 0.5``).
+        point_labels: (P,) 1 = object, 0 = background, -1 = ignore.
+        transforms: the transforms applied to the image (a ``TransformList`` or a sequence).
+        image_size: (height, width) of the transformed image.
+
+    Returns:
+        coords: (P, 2) float32, the points in the transformed image's continuous coordinates.
+        labels: (P,) float32, the input labels, with -1 (ignore) for points outside
+            ``[0, width) x [0, height)`` of the transformed image.
+    """
+    if not isinstance(transforms, T.TransformList):
+        transforms = T.TransformList(list(transforms) if isinstance(transforms, Sequence) else [transforms])
+    coords = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
+    labels = np.asarray(point_labels, dtype=np.float32).reshape(-1).copy()
+    if len(coords) != len(labels):
+        raise ValueError(f"{len(coords)} point coordinates but {len(labels)} labels")
+    if len(coords) == 0:
+        return np.zeros((0, 2), dtype=np.float32), labels
+    # float64 while transforming: the pixel-centre values (i + 0.5) must not drift across a pixel
+    # boundary through a chain of transforms. apply_coords may work in place, hence the copy.
+    coords = transforms.apply_coords(coords.copy())
+    height, width = image_size
+    inside = (coords[:, 0] >= 0) & (coords[:, 0] < width) & (coords[:, 1] >= 0) & (coords[:, 1] < height)
+    labels[~inside] = IGNORE_LABEL
+    return coords.astype(np.float32), labels
+
+
+def subsample_points(
+    point_labels: np.ndarray, num_points: int, generator: torch.Generator | None = None
+) -> np.ndarray:
+    """Point-based augmentation (paper §3.2): indices of ``num_points`` labelled points of one instance.
+
+    Chosen uniformly without replacement among the points whose label is not ignore (all of them if
+    there are fewer), returned in their original order.
+
+    Args:
+        point_labels: (P,) labels, -1 = ignore.
+        num_points: how many to keep; must be > 0.
+        generator: torch generator to draw from; None uses torch's default generator, which PyTorch's
+            DataLoader seeds differently in every worker (and Detectron2's ``seed_all_rng`` /
+            ``worker_init_reset_seed`` seed from ``cfg.SEED``), so draws differ per call and per worker
+            and repeat under the same seed.
+
+    Returns:
+        (K,) int64 indices into the P points, K = min(num_points, number of valid points).
+    """
+    if num_points <= 0:
+        raise ValueError(f"num_points must be positive, got {num_points}")
+    valid = np.flatnonzero(np.asarray(point_labels) != IGNORE_LABEL)
+    if len(valid) <= num_points:
+        return valid.astype(np.int64)
+    order = torch.randperm(len(valid), generator=generator).numpy()
+    return np.sort(valid[order[:num_points]]).astype(np.int64)
+
+
+def pad_point_annotations(
+    coords: Sequence[np.ndarray], labels: Sequence[np.ndarray]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack per-instance points of different counts into padded tensors.
+
+    Args:
+        coords: R arrays of shape (P_r, 2).
+        labels: R arrays of shape (P_r,).
+
+    Returns:
+        gt_point_coords: (R, P, 2) float32, P = max P_r (0 if R = 0); padding coordinates are 0.
+        gt_point_labels: (R, P) float32, padding is -1 (ignore).
+    """
+    num = len(coords)
+    max_points = max((len(c) for c in coords), default=0)
+    out_coords = torch.zeros((num, max_points, 2), dtype=torch.float32)
+    out_labels = torch.full((num, max_points), IGNORE_LABEL, dtype=torch.float32)
+    for i, (c, lab) in enumerate(zip(coords, labels, strict=True)):
+        out_coords[i, : len(c)] = torch.as_tensor(np.asarray(c, dtype=np.float32).reshape(-1, 2))
+        out_labels[i, : len(lab)] = torch.as_tensor(np.asarray(lab, dtype=np.float32))
+    return out_coords, out_labels
+
+
+def empty_point_instances(image_size: tuple[int, int]) -> Instances:
+    """Instances with no objects and every training field: boxes (0, 4), classes (0,), points (0, 0, 2)."""
+    instances = Instances(image_size)
+    instances.gt_boxes = Boxes(torch.zeros((0, 4), dtype=torch.float32))
+    instances.gt_classes = torch.zeros((0,), dtype=torch.int64)
+    instances.gt_point_coords = torch.zeros((0, 0, 2), dtype=torch.float32)
+    instances.gt_point_labels = torch.zeros((0, 0), dtype=torch.float32)
+    return instances
+
+
+class PointSupDatasetMapper(DatasetMapper):
+    """Detectron2's ``DatasetMapper`` plus P_N points (``INPUT.POINT_SUP``) and point-based
+    augmentation (``INPUT.SAMPLE_POINTS``).
+
+    With point supervision, training outputs' ``instances`` carry, besides ``gt_boxes`` and
+    ``gt_classes``:
+
+    ``gt_point_coords``
+        (R, P, 2) float32, absolute (x, y) in the transformed image's continuous coordinates;
+    ``gt_point_labels``
+        (R, P) float32: 1 = object, 0 = background, -1 = ignore (padding to P = the most points of an
+        instance of this image; points that left the image through crop or rotation).
+
+    Every geometric augmentation of Detectron2 applies, crop included (``INPUT.CROP``; boxes are
+    clipped, and recomputed from masks only where the image has masks). Instances may have different
+    numbers of points; images without annotations give empty instances with R = P = 0. With
+    ``INPUT.SAMPLE_POINTS = k > 0``, every call keeps k points per instance drawn uniformly without
+    replacement among its points still inside the image (:func:`subsample_points`). Masks, when every
+    annotation of an image has one and ``MODEL.MASK_ON``, are kept as ``gt_masks`` too.
+
+    Without point supervision it is Detectron2's ``DatasetMapper``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        is_train: bool,
+        *,
+        point_supervision: bool = False,
+        sample_points: int = 0,
+        **kwargs,
+    ):
+        """
+        Args:
+            is_train, kwargs: as for Detectron2's ``DatasetMapper``.
+            point_supervision: produce ``gt_point_coords`` / ``gt_point_labels`` from the
+                annotations' ``point_coords`` / ``point_labels``.
+            sample_points: point-based augmentation; 0 keeps all points.
+        """
+        if sample_points < 0:
+            raise ValueError(f"INPUT.SAMPLE_POINTS must be >= 0, got {sample_points}")
+        super().__init__(is_train, **kwargs)
+        self.point_supervision = point_supervision
+        self.sample_points = sample_points
+        if point_supervision:
+            logger.info(
+                "[PointSupDatasetMapper] point supervision, "
+                + (f"{sample_points} points per instance per iteration" if sample_points else "all points")
+            )
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True) -> dict:
+        ret = super().from_config(cfg, is_train)
+        ret["point_supervision"] = bool(cfg.INPUT.POINT_SUP)
+        ret["sample_points"] = int(cfg.INPUT.SAMPLE_POINTS)
+        return ret
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        """Map one dataset dict (Detectron2 format, points as in :mod:`point_sup.data.datasets`)."""
+        result = super().__call__(dataset_dict)
+        if self.is_train and self.point_supervision and "instances" not in result:
+            # A record without "annotations" still trains (as background only); without the field the
+            # model could not tell a negative image from an inference input.
+            result["instances"] = empty_point_instances(tuple(result["image"].shape[-2:]))
+        return result
+
+    def _transform_annotations(self, dataset_dict: dict, transforms: T.TransformList, image_shape) -> None:
+        if not self.point_supervision:
+            super()._transform_annotations(dataset_dict, transforms, image_shape)
+            return
+        image_shape = tuple(int(s) for s in image_shape)
+        annos = [a for a in dataset_dict.pop("annotations") if a.get("iscrowd", 0) == 0]
+        # Masks mix badly with images whose annotations lack them (annotations_to_instances would
+        # read the first annotation only), and point supervision does not need them.
+        keep_masks = self.use_instance_mask and all("segmentation" in a for a in annos)
+        points = []
+        for anno in annos:
+            missing = [key for key in POINT_ANNOTATION_KEYS if key not in anno]
+            if missing:
+                raise ValueError(
+                    f"INPUT.POINT_SUP is on but annotation id {anno.get('id', '?')} of image "
+                    f"{dataset_dict.get('file_name')} (image id {dataset_dict.get('image_id')}) has no "
+                    f"'{missing[0]}': register point-annotated data with "
+                    "point_sup.register_coco_instances_with_points"
+                )
+            points.append((anno.pop("point_coords"), anno.pop("point_labels")))
+            if not keep_masks:
+                anno.pop("segmentation", None)
+            if not self.use_keypoint:
+                anno.pop("keypoints", None)
+        annos = [
+            utils.transform_instance_annotations(
+                anno, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
+            for anno in annos
+        ]
+        instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+        coords, labels = [], []
+        for point_coords, point_labels in points:
+            c, lab = transform_point_annotations(point_coords, point_labels, transforms, image_shape)
+            if self.sample_points:
+                keep = subsample_points(lab, self.sample_points)
+                c, lab = c[keep], lab[keep]
+            coords.append(c)
+            labels.append(lab)
+        instances.gt_point_coords, instances.gt_point_labels = pad_point_annotations(coords, labels)
+        if self.recompute_boxes and instances.has("gt_masks"):
+            # As Detectron2 does after a crop: the clipped box may no longer be tight around the mask.
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)

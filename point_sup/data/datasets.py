@@ -1,0 +1,211 @@
+"""Registration and loading of P_N point-annotated datasets in COCO JSON format.
+
+A P_N annotation file is a COCO-format JSON (the format of Detectron2's PointSup project) in which
+each annotation carries, besides ``bbox`` and ``category_id``:
+
+``point_coords``
+    list of ``[x, y]`` **integer pixel indices** (``x`` = column, ``y`` = row) of the labelled points;
+``point_labels``
+    list of the same length, 1 = object, 0 = background.
+
+``segmentation`` is usually absent (a "without masks" file). The loaders here return Detectron2
+dataset dicts whose annotations carry the points in Detectron2's **continuous** image coordinates:
+pixel ``i`` covers ``[i, i + 1)``, so the centre of pixel index ``i`` is ``i + 0.5`` and the loader
+adds 0.5 to every coordinate:
+
+``point_coords``
+    ``np.ndarray`` float32, shape (P, 2): ``[x + 0.5, y + 0.5]``;
+``point_labels``
+    ``np.ndarray`` uint8, shape (P,): 0 / 1.
+
+Every transform of :mod:`detectron2.data.transforms` maps such continuous coordinates with
+``apply_coords`` consistently with how it maps pixels, which is what keeps a point's label equal to
+the transformed mask at the transformed point (see :mod:`point_sup.data.dataset_mapper`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+__all__ = [
+    "POINT_ANNOTATION_KEYS",
+    "convert_point_annotations",
+    "load_coco_json_with_points",
+    "register_coco_instances_with_points",
+]
+
+logger = logging.getLogger(__name__)
+
+POINT_ANNOTATION_KEYS = ("point_coords", "point_labels")
+# "id" is kept as well so that errors (here and in the mapper) can name the offending annotation.
+_EXTRA_ANNOTATION_KEYS = [*POINT_ANNOTATION_KEYS, "id"]
+
+
+def _where(source: str, record: Mapping, anno: Mapping) -> str:
+    return f"{source}: image id {record.get('image_id')}, annotation id {anno.get('id', '?')}"
+
+
+def convert_point_annotations(dataset_dicts: list[dict], source: str) -> list[dict]:
+    """Validate the point fields of loaded dataset dicts and move them to continuous coordinates.
+
+    In place: each annotation's ``point_coords`` (P, 2) integer pixel indices become float32
+    ``index + 0.5`` (pixel centres), ``point_labels`` (P,) become uint8. Annotations without either
+    field are left alone (the start-up checks and the mapper report them where points are needed).
+
+    Args:
+        dataset_dicts: records as returned by ``load_coco_json`` with ``extra_annotation_keys``
+            including ``point_coords`` and ``point_labels``; records need ``height`` and ``width``.
+        source: named in error messages (the JSON file).
+
+    Returns:
+        ``dataset_dicts``.
+
+    Raises:
+        ValueError: naming ``source``, the image id and the annotation id, when only one of the two
+            fields is present, their lengths differ, a label is not 0/1, a coordinate is not a finite
+            integer, or a point lies outside ``[0, width) x [0, height)``.
+    """
+    num_points = 0
+    for record in dataset_dicts:
+        height, width = record["height"], record["width"]
+        for anno in record.get("annotations", []):
+            has = [key in anno for key in POINT_ANNOTATION_KEYS]
+            if not any(has):
+                continue
+            if not all(has):
+                missing = POINT_ANNOTATION_KEYS[has.index(False)]
+                raise ValueError(f"{_where(source, record, anno)}: has point annotations but no '{missing}'")
+            coords = np.asarray(anno["point_coords"], dtype=np.float64)
+            labels = np.asarray(anno["point_labels"], dtype=np.float64)
+            if coords.size == 0:
+                coords = coords.reshape(0, 2)
+            if coords.ndim != 2 or coords.shape[1] != 2:
+                raise ValueError(
+                    f"{_where(source, record, anno)}: point_coords must be a list of [x, y], "
+                    f"got shape {coords.shape}"
+                )
+            if labels.ndim != 1 or len(labels) != len(coords):
+                raise ValueError(
+                    f"{_where(source, record, anno)}: {len(coords)} point_coords but "
+                    f"{labels.size} point_labels"
+                )
+            if not np.isin(labels, (0, 1)).all():
+                raise ValueError(
+                    f"{_where(source, record, anno)}: point_labels must be 0 (background) or "
+                    f"1 (object), got {sorted(set(labels.tolist()) - {0.0, 1.0})}"
+                )
+            if not np.isfinite(coords).all():
+                raise ValueError(f"{_where(source, record, anno)}: point_coords are not all finite")
+            if not (coords == np.round(coords)).all():
+                # A fractional value means the file is not in the pixel-index convention: adding 0.5
+                # would silently shift every point by half a pixel.
+                raise ValueError(
+                    f"{_where(source, record, anno)}: point_coords must be integer pixel indices "
+                    f"(x = column, y = row), got {coords[(coords != np.round(coords)).any(axis=1)][0]}"
+                )
+            inside = (
+                (coords[:, 0] >= 0) & (coords[:, 0] < width) & (coords[:, 1] >= 0) & (coords[:, 1] < height)
+            )
+            if not inside.all():
+                raise ValueError(
+                    f"{_where(source, record, anno)}: point {coords[~inside][0].astype(int).tolist()} lies "
+                    f"outside the {width}x{height} image (pixel indices must be in [0, width) x [0, height))"
+                )
+            anno["point_coords"] = (coords + 0.5).astype(np.float32)
+            anno["point_labels"] = labels.astype(np.uint8)
+            num_points += len(labels)
+    logger.info(f"Loaded {num_points} labelled points from {source}")
+    return dataset_dicts
+
+
+def load_coco_json_with_points(
+    json_file: str | os.PathLike, image_root: str | os.PathLike, dataset_name: str | None = None
+) -> list[dict]:
+    """Detectron2's ``load_coco_json`` keeping the point fields, converted by
+    :func:`convert_point_annotations` (pixel indices -> continuous pixel centres, ``+ 0.5``).
+
+    With ``dataset_name``, category ids are mapped to contiguous ids and the metadata's
+    ``thing_classes`` / ``thing_dataset_id_to_contiguous_id`` are set from the file where missing. Where
+    the registration already set them (builtin datasets copy them from the mask-supervised dataset), a
+    different number of classes or id mapping is an error naming the file; names that differ only in
+    spelling are logged (LVIS files name one category differently from Detectron2's LVIS metadata).
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    if dataset_name is None:
+        dicts = load_coco_json(json_file, image_root, None, extra_annotation_keys=_EXTRA_ANNOTATION_KEYS)
+        return convert_point_annotations(dicts, json_file)
+    # load_coco_json asserts when it sets metadata that differs from what is registered; let it write
+    # into a scratch entry instead and reconcile here, with an error that names the file.
+    scratch = f"__point_sup_loading__{dataset_name}"
+    MetadataCatalog.pop(scratch, None)
+    try:
+        dicts = load_coco_json(json_file, image_root, scratch, extra_annotation_keys=_EXTRA_ANNOTATION_KEYS)
+        loaded = MetadataCatalog.get(scratch).as_dict()
+    finally:
+        MetadataCatalog.pop(scratch, None)
+    meta = MetadataCatalog.get(dataset_name)
+    for key in ("thing_classes", "thing_dataset_id_to_contiguous_id"):
+        if key not in loaded:
+            continue
+        if not hasattr(meta, key):
+            meta.set(**{key: loaded[key]})
+            continue
+        registered = getattr(meta, key)
+        if len(registered) != len(loaded[key]) or (
+            key == "thing_dataset_id_to_contiguous_id" and dict(registered) != dict(loaded[key])
+        ):
+            raise ValueError(
+                f"{json_file}: its categories ({len(loaded[key])} in {key}) do not match those registered "
+                f"for dataset '{dataset_name}' ({len(registered)}); was the file made from another dataset?"
+            )
+        if key == "thing_classes" and list(registered) != list(loaded[key]):
+            differ = [(a, b) for a, b in zip(registered, loaded[key], strict=True) if a != b]
+            logger.info(
+                f"{json_file}: {len(differ)} category names differ from the metadata of '{dataset_name}' "
+                f"(kept the metadata's), e.g. {differ[0]}"
+            )
+    return convert_point_annotations(dicts, json_file)
+
+
+def _check_args(name, metadata, json_file, image_root) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"{name}: metadata must be a dict, got {type(metadata).__name__}")
+    for what, value in (("json_file", json_file), ("image_root", image_root)):
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name}: {what} must be a path, got {type(value).__name__}")
+
+
+def register_coco_instances_with_points(
+    name: str, metadata: dict, json_file: str | os.PathLike, image_root: str | os.PathLike
+) -> None:
+    """Register a P_N dataset in COCO JSON format: Detectron2's ``register_coco_instances`` for points.
+
+    Same call shape. Nothing is read until ``DatasetCatalog.get(name)``, which returns dicts whose
+    annotations carry ``point_coords`` (P, 2) float32 continuous pixel centres (file index + 0.5) and
+    ``point_labels`` (P,) uint8 (see :func:`convert_point_annotations`), plus ``segmentation`` where the
+    file has masks.
+
+    Metadata: ``json_file``, ``image_root``, ``evaluator_type="coco"`` and ``point_supervision=True``
+    (read by :func:`point_sup.data.checks.check_point_supervision`), then ``metadata``, whose entries
+    win (e.g. a different ``evaluator_type``).
+    """
+    _check_args(name, metadata, json_file, image_root)
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    DatasetCatalog.register(name, lambda: load_coco_json_with_points(json_file, image_root, name))
+    MetadataCatalog.get(name).set(
+        **{
+            "json_file": json_file,
+            "image_root": image_root,
+            "evaluator_type": "coco",
+            "point_supervision": True,
+            **metadata,
+        }
+    )
