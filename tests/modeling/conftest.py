@@ -1,0 +1,61 @@
+"""Tiny Detectron2 models for the modeling tests: random weights, CPU, ~128 px images."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from detectron2.config import CfgNode, get_cfg
+
+from point_sup import add_point_sup_config
+
+
+def tiny_rcnn_cfg(mask_head: str, num_classes: int = 3) -> CfgNode:
+    """A Mask R-CNN R18-FPN config small enough for a CPU training step in well under a second.
+
+    GroupNorm instead of frozen BatchNorm because there are no pretrained weights here (see
+    /work/shared/notes/environment.md); channel widths are cut to keep the step cheap.
+    """
+    cfg = add_point_sup_config(get_cfg())
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.MASK_ON = True
+    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    cfg.MODEL.RESNETS.DEPTH = 18
+    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.MODEL.RESNETS.NORM = "GN"
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.FPN.OUT_CHANNELS = 32
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 200
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 100
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 100
+    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
+    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    cfg.MODEL.ROI_MASK_HEAD.NAME = mask_head
+    cfg.MODEL.ROI_MASK_HEAD.NUM_CONV = 2
+    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
+    cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+    cfg.MODEL.POINT_HEAD.NUM_CLASSES = num_classes
+    cfg.TEST.DETECTIONS_PER_IMAGE = 20
+    cfg.INPUT.MIN_SIZE_TRAIN = (128,)
+    cfg.INPUT.MAX_SIZE_TRAIN = 128
+    cfg.INPUT.MIN_SIZE_TEST = 128
+    cfg.INPUT.MAX_SIZE_TEST = 128
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    """Factory ``tiny_cfg(mask_head_name, num_classes=3)`` of tiny R18-FPN Mask R-CNN configs."""
+    torch.manual_seed(0)
+    return tiny_rcnn_cfg
