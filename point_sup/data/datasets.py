@@ -81,8 +81,14 @@ def convert_point_annotations(dataset_dicts: list[dict], source: str) -> list[di
             if not all(has):
                 missing = POINT_ANNOTATION_KEYS[has.index(False)]
                 raise ValueError(f"{_where(source, record, anno)}: has point annotations but no '{missing}'")
-            coords = np.asarray(anno["point_coords"], dtype=np.float64)
-            labels = np.asarray(anno["point_labels"], dtype=np.float64)
+            try:
+                coords = np.asarray(anno["point_coords"], dtype=np.float64)
+                labels = np.asarray(anno["point_labels"], dtype=np.float64)
+            except (TypeError, ValueError) as e:  # ragged lists, non-numbers
+                raise ValueError(
+                    f"{_where(source, record, anno)}: point_coords must be a list of [x, y] and "
+                    f"point_labels a list of 0/1 ({e})"
+                ) from e
             if coords.size == 0:
                 coords = coords.reshape(0, 2)
             if coords.ndim != 2 or coords.shape[1] != 2:
