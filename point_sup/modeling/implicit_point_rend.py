@@ -1,0 +1,640 @@
+"""Implicit PointRend (paper §4): a per-instance generated point-head MLP as the mask head.
+
+For every RoI a *parameter head* (the architecture of PointRend's coarse mask head) predicts all
+weights and biases of a small *point head* MLP; the point head maps the features of a point to a mask
+logit. The mask is thus represented implicitly by those parameters and can be queried at any point:
+at labelled points for training from P_N annotations, at uniformly sampled points for training from
+masks, and by adaptive subdivision (28² → 224², paper §4.2) at inference.
+
+Point-head input per point (``in_channels`` = 256 + C_p2 with the default keys):
+
+* a random Fourier encoding of the point's box-relative position (``POS_ENC_ENABLED``): with
+  ``(u, v)`` in ``[0, 1]^2`` box-relative (see :mod:`point_sup.modeling.point_features`), the
+  encoded position is ``q = 2 * (u, v) - 1`` (relative to the box centre, scaled by the half box
+  size, so ``[-1, 1]^2`` covers the box), and the encoding is ``[sin(2π q G), cos(2π q G)]`` with a
+  fixed ``G ~ N(0, 1)^(2 x 128)`` drawn at construction (buffer ``pos_enc_gaussian``, saved in
+  checkpoints): 128 sines then 128 cosines. Same as Detectron2's ``ImplicitPointHead``.
+* then the bilinearly sampled fine-grained features (``IMAGE_FEATURE_ENABLED``, POINT_HEAD.IN_FEATURES,
+  p2 by default).
+
+Layout of the generated parameter vector (per instance, length ``num_params``) — kept identical to
+Detectron2's ``ImplicitPointHead`` so a checkpoint's prediction layer needs no permutation: first all
+weight matrices layer by layer, each ``(out, in)`` row-major, then all bias vectors layer by layer.
+Layers: ``in_channels → FC_DIM`` then ``NUM_FC - 1`` times ``FC_DIM → FC_DIM`` (ReLU after each of these
+``NUM_FC`` hidden layers), then ``FC_DIM → K`` logits, K = NUM_CLASSES or 1 (CLS_AGNOSTIC_MASK).
+
+Loss (paper §4.3): the point BCE (:func:`~point_sup.modeling.point_loss.point_bce_loss`, mean over
+valid points) as ``loss_mask_point`` plus ``loss_l2 = PARAMS_L2_REGULARIZER * mean(params²)``, the mean
+of the squared generated parameters over all instances and all ``num_params`` entries (Detectron2's
+definition; it is ``0`` with a gradient graph when there is no instance).
+
+Differences from Detectron2's ``ImplicitPointRendMaskHead``, all deliberate:
+
+* Training from masks labels a point by the mask pixel that contains it
+  (:func:`~point_sup.modeling.point_loss.mask_labels_at_points`: the rule by which P_N points are
+  labelled), whereas Detectron2 interpolates the bit mask bilinearly (soft labels near edges).
+* Training from points (INPUT.POINT_SUP) is supported; ignored points (label -1, outside the proposal
+  box, padding) do not count in the BCE mean.
+* Inference evaluates only the predicted class's output row of the point head and keeps (R, 1, H, W)
+  logits instead of (R, K, H, W): the same ``pred_masks``, K times less memory at 224².
+* Zero instances work in training (the reference's ``mean`` of an empty tensor is NaN) and inference.
+
+Parameter count (COCO, K = 80, p2 with 256 channels, defaults above): ``num_params`` = 512·256 +
+2·256·256 + 256·80 + 3·256 + 80 = 283,472, so the parameter head's prediction layer alone has
+1024 · 283,472 = 290,275,328 weights. :data:`LIGHT_VARIANT_OVERRIDES` gives the documented lighter
+option (see :func:`count_parameters`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode, configurable
+from detectron2.layers import Conv2d, ShapeSpec, cat
+from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
+from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
+from detectron2.structures import Boxes, Instances
+from torch import nn
+
+from .point_features import (
+    calculate_uncertainty,
+    generate_regular_grid_point_coords,
+    get_point_coords_wrt_image,
+    get_uncertain_point_coords_on_grid,
+    point_sample_fine_grained_features,
+)
+from .point_loss import get_point_targets, mask_labels_at_points, point_bce_loss, select_class_logits
+
+__all__ = [
+    "LIGHT_VARIANT_OVERRIDES",
+    "POS_ENC_NUM_FREQUENCIES",
+    "DynamicPointHead",
+    "ParameterHead",
+    "PointSupImplicitPointRendMaskHead",
+    "convert_from_detectron2_implicit_pointrend",
+    "convert_to_detectron2_implicit_pointrend",
+    "count_parameters",
+    "fourier_position_encoding",
+]
+
+logger = logging.getLogger(__name__)
+
+# 128 random frequencies → 256 encoding channels (sin and cos), as in Detectron2's ImplicitPointHead.
+POS_ENC_NUM_FREQUENCIES = 128
+
+# The documented lighter variant (``cfg.merge_from_list(LIGHT_VARIANT_OVERRIDES)``). The parameter
+# head's size is dominated by its prediction layer, (last hidden width) x num_params, and num_params
+# is dominated by the point head's hidden layers, so a class-agnostic point head alone saves only 7 %
+# (the per-class part is just the 256 x K output layer). What does shrink it is a narrower parameter
+# head (paper §4.3: "Implicit PointRend performs as well with a smaller parameter head"): FC width 256
+# instead of 1024 makes the prediction layer 4x smaller. Note that Detectron2's standard box head
+# (two FC of 1024) would NOT be lighter: its last layer is 1024 wide too.
+LIGHT_VARIANT_OVERRIDES: list = [
+    "MODEL.ROI_MASK_HEAD.FC_DIM",
+    256,
+    "MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK",
+    True,
+]
+
+
+def fourier_position_encoding(point_coords: torch.Tensor, gaussian_matrix: torch.Tensor) -> torch.Tensor:
+    """Random Fourier features of box-relative positions.
+
+    Args:
+        point_coords: (R, P, 2) box-relative (u, v) in [0, 1]^2 (values outside encode positions
+            outside the box).
+        gaussian_matrix: (2, F) fixed random frequencies.
+
+    Returns:
+        (R, 2F, P): ``sin`` of ``2π (2 (u, v) - 1) G`` in channels [0, F), ``cos`` in [F, 2F).
+    """
+    # Centring on the box makes the encoding symmetric about the box centre; 2π makes G's rows
+    # frequencies in cycles per half box.
+    centred = 2.0 * point_coords - 1.0
+    projected = 2.0 * math.pi * (centred @ gaussian_matrix.to(centred.dtype))
+    return torch.cat([torch.sin(projected), torch.cos(projected)], dim=2).transpose(1, 2)
+
+
+class DynamicPointHead(nn.Module):
+    """The point head whose parameters are inputs: a batched per-instance MLP.
+
+    Holds no trainable parameter; only the fixed positional-encoding matrix (a buffer).
+    """
+
+    def __init__(
+        self,
+        *,
+        feature_channels: int,
+        fc_dim: int,
+        num_fc: int,
+        num_outputs: int,
+        image_feature_enabled: bool,
+        pos_enc_enabled: bool,
+    ) -> None:
+        """
+        Args:
+            feature_channels: channels of the fine-grained features (sum over IN_FEATURES).
+            fc_dim: width of the hidden layers (256).
+            num_fc: number of hidden layers (3); the output layer comes on top.
+            num_outputs: K, logits per point (number of classes, or 1 if class-agnostic).
+            image_feature_enabled: use the fine-grained features as input.
+            pos_enc_enabled: use the Fourier encoding of the box-relative position as input.
+        """
+        super().__init__()
+        if num_fc < 1:
+            raise ValueError(f"The point head needs at least one hidden layer, got NUM_FC={num_fc}")
+        self.image_feature_enabled = image_feature_enabled
+        self.pos_enc_enabled = pos_enc_enabled
+        self.num_outputs = num_outputs
+        in_channels = feature_channels if image_feature_enabled else 0
+        if pos_enc_enabled:
+            in_channels += 2 * POS_ENC_NUM_FREQUENCIES
+            self.register_buffer("pos_enc_gaussian", torch.randn(2, POS_ENC_NUM_FREQUENCIES))
+        if in_channels == 0:
+            raise ValueError("IMAGE_FEATURE_ENABLED and POS_ENC_ENABLED cannot both be off")
+        self.in_channels = in_channels
+        dims = [in_channels] + [fc_dim] * num_fc + [num_outputs]
+        # (out, in) of each layer, input layer first.
+        self.layer_shapes: list[tuple[int, int]] = list(zip(dims[1:], dims[:-1], strict=True))
+        self.num_params = sum(o * i + o for o, i in self.layer_shapes)
+
+    def split_params(self, params: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Cut the generated parameter vectors into per-layer weights and biases.
+
+        Args:
+            params: (R, num_params) in the layout of the module docstring.
+
+        Returns:
+            weights: per layer (R, out, in); biases: per layer (R, out, 1).
+        """
+        if params.dim() != 2 or params.shape[1] != self.num_params:
+            raise ValueError(f"Expected (R, {self.num_params}) parameters, got {tuple(params.shape)}")
+        R = params.shape[0]
+        sizes = [o * i for o, i in self.layer_shapes] + [o for o, _ in self.layer_shapes]
+        chunks = torch.split(params, sizes, dim=1)
+        n = len(self.layer_shapes)
+        weights = [w.reshape(R, o, i) for w, (o, i) in zip(chunks[:n], self.layer_shapes, strict=True)]
+        biases = [b.reshape(R, o, 1) for b, (o, _) in zip(chunks[n:], self.layer_shapes, strict=True)]
+        return weights, biases
+
+    def forward(
+        self,
+        fine_grained_features: torch.Tensor | None,
+        point_coords: torch.Tensor,
+        params: torch.Tensor,
+        classes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Point logits.
+
+        Args:
+            fine_grained_features: (R, C, P) features at the points (ignored if image features are
+                disabled; may then be None).
+            point_coords: (R, P, 2) box-relative (u, v) of the points.
+            params: (R, num_params) generated parameters.
+            classes: optional (R,) int64; if given (and the head is class-specific) only the output
+                row of each instance's class is evaluated (inference; same numbers, K times cheaper).
+
+        Returns:
+            (R, K, P) logits, or (R, 1, P) when ``classes`` is given.
+        """
+        inputs = []
+        if self.pos_enc_enabled:
+            inputs.append(fourier_position_encoding(point_coords, self.pos_enc_gaussian))
+        if self.image_feature_enabled:
+            assert fine_grained_features is not None
+            inputs.append(fine_grained_features)
+        x = torch.cat(inputs, dim=1) if len(inputs) > 1 else inputs[0]
+        weights, biases = self.split_params(params)
+        if classes is not None and self.num_outputs > 1:
+            rows = torch.arange(params.shape[0], device=params.device)
+            weights[-1] = weights[-1][rows, classes].unsqueeze(1)
+            biases[-1] = biases[-1][rows, classes].unsqueeze(1)
+        for k, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            # (R, out, in) @ (R, in, P) + (R, out, 1): one small MLP per instance in a single bmm.
+            x = torch.baddbmm(b, w, x)
+            if k < len(weights) - 1:
+                x = F.relu(x)
+        return x
+
+
+class ParameterHead(nn.Module):
+    """PointRend's coarse-mask-head architecture, predicting point-head parameters.
+
+    (R, C, S, S) pooled features → [1x1 conv to ``conv_dim`` + ReLU, only if C > conv_dim] → 2x2
+    stride-2 conv + ReLU → flatten → FC + ReLU (``fc_dims``) → linear to ``num_outputs``.
+    """
+
+    def __init__(self, input_shape: ShapeSpec, *, conv_dim: int, fc_dims: Sequence[int], num_outputs: int):
+        super().__init__()
+        if not fc_dims:
+            raise ValueError("The parameter head needs at least one FC layer (ROI_MASK_HEAD.NUM_FC >= 1)")
+        channels = input_shape.channels
+        self.reduce_channels: Conv2d | None = None
+        if channels > conv_dim:
+            self.reduce_channels = Conv2d(channels, conv_dim, kernel_size=1, activation=F.relu)
+            weight_init.c2_msra_fill(self.reduce_channels)
+        elif channels < conv_dim:
+            # Same rule as PointRend's coarse head: channels are only ever reduced.
+            raise ValueError(f"Pooled features have {channels} channels, fewer than CONV_DIM={conv_dim}")
+        self.reduce_spatial = Conv2d(conv_dim, conv_dim, kernel_size=2, stride=2, activation=F.relu)
+        weight_init.c2_msra_fill(self.reduce_spatial)
+        in_dim = conv_dim * (input_shape.height // 2) * (input_shape.width // 2)
+        self.fcs = nn.ModuleList()
+        for fc_dim in fc_dims:
+            fc = nn.Linear(in_dim, fc_dim)
+            weight_init.c2_xavier_fill(fc)
+            self.fcs.append(fc)
+            in_dim = fc_dim
+        self.predictor = nn.Linear(in_dim, num_outputs)
+        # Small initial parameters: the generated MLP starts near the zero function (logits ≈ 0).
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.constant_(self.predictor.bias, 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, C, S, S) pooled features → (R, num_outputs) parameters."""
+        if self.reduce_channels is not None:
+            x = self.reduce_channels(x)
+        x = torch.flatten(self.reduce_spatial(x), start_dim=1)
+        for fc in self.fcs:
+            x = F.relu(fc(x))
+        return self.predictor(x)
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class PointSupImplicitPointRendMaskHead(nn.Module):
+    """Implicit PointRend mask head, trainable from masks or from P_N points.
+
+    Use with ``ROI_MASK_HEAD.POOLER_TYPE: ""``: StandardROIHeads then passes the feature dict of
+    ROI_HEADS.IN_FEATURES and the head pools what it needs itself.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Mapping[str, ShapeSpec],
+        *,
+        param_in_features: Sequence[str],
+        pooler_resolution: int,
+        conv_dim: int,
+        fc_dims: Sequence[int],
+        point_in_features: Sequence[str],
+        num_classes: int,
+        cls_agnostic_mask: bool,
+        point_fc_dim: int,
+        point_num_fc: int,
+        image_feature_enabled: bool,
+        pos_enc_enabled: bool,
+        params_l2_weight: float,
+        point_sup: bool,
+        train_num_points: int,
+        subdivision_steps: int,
+        subdivision_num_points: int,
+    ) -> None:
+        """
+        Args:
+            input_shape: shapes of the feature maps the head receives (name → ShapeSpec).
+            param_in_features: maps pooled for the parameter head (ROI_MASK_HEAD.IN_FEATURES).
+            pooler_resolution: S, side of the pooled grid (ROI_MASK_HEAD.POOLER_RESOLUTION, 14).
+            conv_dim, fc_dims: parameter head widths (ROI_MASK_HEAD.CONV_DIM, NUM_FC x FC_DIM).
+            point_in_features: maps sampled at the points (POINT_HEAD.IN_FEATURES).
+            num_classes: foreground classes.
+            cls_agnostic_mask: one mask logit per point instead of one per class.
+            point_fc_dim, point_num_fc: point head MLP (POINT_HEAD.FC_DIM, NUM_FC).
+            image_feature_enabled, pos_enc_enabled: point head inputs (MODEL.IMPLICIT_POINTREND).
+            params_l2_weight: weight of the L2 loss on generated parameters.
+            point_sup: train from ``gt_point_coords``/``gt_point_labels`` instead of ``gt_masks``.
+            train_num_points: points per RoI sampled uniformly in the box when training from masks.
+            subdivision_steps: adaptive subdivision steps; each doubles the side (3: 28 → 224).
+            subdivision_num_points: N points recomputed per step; the initial grid is sqrt(N) a side.
+        """
+        super().__init__()
+        self.param_in_features = tuple(param_in_features)
+        self.point_in_features = tuple(point_in_features)
+        self.feature_scales = {k: 1.0 / v.stride for k, v in input_shape.items()}
+        self.pooler_resolution = pooler_resolution
+        self.params_l2_weight = params_l2_weight
+        self.point_sup = point_sup
+        self.train_num_points = train_num_points
+        self.subdivision_steps = subdivision_steps
+        self.subdivision_num_points = subdivision_num_points
+        self.init_resolution = math.isqrt(subdivision_num_points)
+        if self.init_resolution**2 != subdivision_num_points:
+            # The initial grid is sqrt(N) x sqrt(N) so that step 0 evaluates exactly N points too.
+            raise ValueError(f"SUBDIVISION_NUM_POINTS must be a square, got {subdivision_num_points}")
+
+        self.point_head = DynamicPointHead(
+            feature_channels=sum(input_shape[f].channels for f in self.point_in_features),
+            fc_dim=point_fc_dim,
+            num_fc=point_num_fc,
+            num_outputs=1 if cls_agnostic_mask else num_classes,
+            image_feature_enabled=image_feature_enabled,
+            pos_enc_enabled=pos_enc_enabled,
+        )
+        pooled_shape = ShapeSpec(
+            channels=sum(input_shape[f].channels for f in self.param_in_features),
+            height=pooler_resolution,
+            width=pooler_resolution,
+        )
+        self.param_head = ParameterHead(
+            pooled_shape, conv_dim=conv_dim, fc_dims=fc_dims, num_outputs=self.point_head.num_params
+        )
+        logger.info(
+            "Implicit PointRend: %d generated point-head parameters per instance, %d trainable parameters",
+            self.point_head.num_params,
+            sum(p.numel() for p in self.parameters()),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, input_shape: Mapping[str, ShapeSpec]) -> dict:
+        if not isinstance(input_shape, Mapping):
+            raise ValueError(
+                "PointSupImplicitPointRendMaskHead pools its own features: "
+                "set ROI_MASK_HEAD.POOLER_TYPE to ''"
+            )
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        if num_classes != cfg.MODEL.POINT_HEAD.NUM_CLASSES:
+            raise ValueError(
+                f"POINT_HEAD.NUM_CLASSES ({cfg.MODEL.POINT_HEAD.NUM_CLASSES}) must equal "
+                f"ROI_HEADS.NUM_CLASSES ({num_classes})"
+            )
+        mask = cfg.MODEL.ROI_MASK_HEAD
+        point = cfg.MODEL.POINT_HEAD
+        implicit = cfg.MODEL.IMPLICIT_POINTREND
+        return {
+            "input_shape": input_shape,
+            "param_in_features": mask.IN_FEATURES,
+            "pooler_resolution": mask.POOLER_RESOLUTION,
+            "conv_dim": mask.CONV_DIM,
+            "fc_dims": [mask.FC_DIM] * mask.NUM_FC,
+            "point_in_features": point.IN_FEATURES,
+            "num_classes": num_classes,
+            # Either switch makes it class-agnostic: ROI_MASK_HEAD's is Mask R-CNN's usual one.
+            "cls_agnostic_mask": bool(point.CLS_AGNOSTIC_MASK or mask.CLS_AGNOSTIC_MASK),
+            "point_fc_dim": point.FC_DIM,
+            "point_num_fc": point.NUM_FC,
+            "image_feature_enabled": implicit.IMAGE_FEATURE_ENABLED,
+            "pos_enc_enabled": implicit.POS_ENC_ENABLED,
+            "params_l2_weight": implicit.PARAMS_L2_REGULARIZER,
+            "point_sup": cfg.INPUT.POINT_SUP,
+            "train_num_points": point.TRAIN_NUM_POINTS,
+            "subdivision_steps": point.SUBDIVISION_STEPS,
+            "subdivision_num_points": point.SUBDIVISION_NUM_POINTS,
+        }
+
+    @property
+    def output_resolution(self) -> int:
+        """Side of the predicted masks: sqrt(N) · 2^steps (224 for N = 28², 3 steps)."""
+        return self.init_resolution * 2**self.subdivision_steps
+
+    # ------------------------------------------------------------------ building blocks
+    def predict_params(self, features: Mapping[str, torch.Tensor], boxes: Sequence[Boxes]) -> torch.Tensor:
+        """Generated point-head parameters of the boxes.
+
+        Args:
+            features: feature maps, (N, C, H, W) each.
+            boxes: N Boxes (image coordinates), R in total.
+
+        Returns:
+            (R, num_params).
+        """
+        num_boxes = sum(len(b) for b in boxes)
+        reference = features[self.param_in_features[0]]
+        # Bilinear samples at the S x S cell centres of each box = RoIAlign(aligned, sampling_ratio=1),
+        # over all listed levels (PointRend's pooler; with p2 only, no level assignment is needed).
+        grid = generate_regular_grid_point_coords(num_boxes, self.pooler_resolution, reference.device)
+        grid = grid.to(reference.dtype)
+        pooled, _ = point_sample_fine_grained_features(
+            [features[f] for f in self.param_in_features],
+            [self.feature_scales[f] for f in self.param_in_features],
+            boxes,
+            grid,
+        )
+        # Explicit channel count: a -1 cannot be inferred when there is no box.
+        pooled = pooled.reshape(num_boxes, pooled.shape[1], self.pooler_resolution, self.pooler_resolution)
+        return self.param_head(pooled)
+
+    def point_logits(
+        self,
+        features: Mapping[str, torch.Tensor],
+        boxes: Sequence[Boxes],
+        point_coords: torch.Tensor,
+        params: torch.Tensor,
+        classes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mask logits at box-relative points.
+
+        Args:
+            features: feature maps, (N, C, H, W) each.
+            boxes: N Boxes, R in total.
+            point_coords: (R, P, 2) box-relative (u, v).
+            params: (R, num_params) from :meth:`predict_params`.
+            classes: optional (R,) classes to evaluate only (see :meth:`DynamicPointHead.forward`).
+
+        Returns:
+            (R, K, P), or (R, 1, P) with ``classes``.
+        """
+        fine_grained = None
+        if self.point_head.image_feature_enabled:
+            fine_grained, _ = point_sample_fine_grained_features(
+                [features[f] for f in self.point_in_features],
+                [self.feature_scales[f] for f in self.point_in_features],
+                boxes,
+                point_coords,
+            )
+        return self.point_head(fine_grained, point_coords, params, classes)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, features: Mapping[str, torch.Tensor], instances: list[Instances]):
+        """
+        Args:
+            features: image-level feature maps by name (at least ROI_MASK_HEAD.IN_FEATURES and
+                POINT_HEAD.IN_FEATURES), each (N, C, H, W).
+            instances: per image; foreground proposals with ``gt_*`` fields in training, detections
+                with ``pred_boxes``/``pred_classes`` at inference.
+
+        Returns:
+            Training: ``{"loss_mask_point", "loss_l2"}``. Inference: ``instances`` with
+            ``pred_masks`` (R_i, 1, M, M) foreground probabilities of the predicted class in box
+            coordinates, M = :attr:`output_resolution`, as ``detector_postprocess`` expects.
+        """
+        if self.training:
+            return self._forward_train(features, instances)
+        return self._forward_inference(features, instances)
+
+    def _forward_train(self, features: Mapping[str, torch.Tensor], instances: list[Instances]) -> dict:
+        boxes = [x.proposal_boxes for x in instances]
+        params = self.predict_params(features, boxes)
+        # With no foreground proposal the mean would be NaN; 0 * sum keeps the graph for DDP.
+        loss_l2 = self.params_l2_weight * (params**2).mean() if params.numel() else params.sum() * 0.0
+        if self.point_sup:
+            point_coords, point_labels = get_point_targets(instances)
+        else:
+            point_coords, point_labels = self._sample_mask_targets(instances, boxes)
+        logits = self.point_logits(features, boxes, point_coords, params)
+        if len(instances) and any(len(x) for x in instances):
+            gt_classes = cat([x.gt_classes for x in instances if len(x)])
+        else:
+            gt_classes = torch.zeros(0, dtype=torch.int64, device=params.device)
+        logits = select_class_logits(logits, gt_classes)[:, 0]
+        return {
+            "loss_mask_point": point_bce_loss(logits, point_labels, log_prefix="implicit_point_rend"),
+            "loss_l2": loss_l2,
+        }
+
+    def _sample_mask_targets(
+        self, instances: list[Instances], boxes: list[Boxes]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """TRAIN_NUM_POINTS uniform box-relative points per proposal, labelled from ``gt_masks``.
+
+        Returns:
+            point_coords: (R, P, 2) box-relative (u, v); point_labels: (R, P) in {0, 1}.
+        """
+        cat_boxes = Boxes.cat(boxes)
+        R = len(cat_boxes)
+        # Uniform sampling (paper §4.2): no importance sampling, there is no coarse mask to use.
+        point_coords = torch.rand(R, self.train_num_points, 2, device=cat_boxes.device)
+        labels = []
+        with torch.no_grad():
+            start = 0
+            for inst in instances:
+                n = len(inst)
+                if n == 0:
+                    continue
+                coords = get_point_coords_wrt_image(
+                    inst.proposal_boxes.tensor, point_coords[start : start + n]
+                )
+                labels.append(mask_labels_at_points(inst.gt_masks, coords, inst.image_size))
+                start += n
+        point_labels = torch.cat(labels) if labels else point_coords.new_zeros((0, self.train_num_points))
+        return point_coords, point_labels
+
+    def _forward_inference(
+        self, features: Mapping[str, torch.Tensor], instances: list[Instances]
+    ) -> list[Instances]:
+        boxes = [x.pred_boxes for x in instances]
+        classes = cat([x.pred_classes for x in instances])
+        params = self.predict_params(features, boxes)
+        mask_logits = self.subdivision_inference(features, boxes, params, classes)
+        # Sigmoid of the (already class-selected) logits into pred_masks, split per image.
+        mask_rcnn_inference(mask_logits, instances)
+        return instances
+
+    def subdivision_inference(
+        self,
+        features: Mapping[str, torch.Tensor],
+        boxes: Sequence[Boxes],
+        params: torch.Tensor,
+        classes: torch.Tensor,
+    ) -> torch.Tensor:
+        """Adaptive subdivision (paper §4.2): a sqrt(N)² grid, then ``steps`` x (2x bilinear
+        upsampling, recompute the N most uncertain cells with the point head).
+
+        Args:
+            features: feature maps; boxes: N Boxes, R in total; params: (R, num_params);
+            classes: (R,) predicted classes.
+
+        Returns:
+            (R, 1, M, M) logits of each instance's class, M = :attr:`output_resolution`, cell
+            ``(row, col)`` centred at box-relative ``((col + 0.5) / M, (row + 0.5) / M)``.
+        """
+        R = params.shape[0]
+        side = self.init_resolution
+        if R == 0:
+            M = self.output_resolution
+            return params.new_zeros((0, 1, M, M))
+        grid = generate_regular_grid_point_coords(R, side, params.device).to(params.dtype)
+        mask_logits = self.point_logits(features, boxes, grid, params, classes).reshape(R, 1, side, side)
+        for _ in range(self.subdivision_steps):
+            mask_logits = F.interpolate(mask_logits, scale_factor=2, mode="bilinear", align_corners=False)
+            point_indices, point_coords = get_uncertain_point_coords_on_grid(
+                calculate_uncertainty(mask_logits), self.subdivision_num_points
+            )
+            point_logits = self.point_logits(features, boxes, point_coords.to(params.dtype), params, classes)
+            _, _, H, W = mask_logits.shape
+            mask_logits = (
+                mask_logits.reshape(R, 1, H * W).scatter(2, point_indices.unsqueeze(1), point_logits)
+            ).view(R, 1, H, W)
+        return mask_logits
+
+
+# ---------------------------------------------------------------------- counting and conversion
+def count_parameters(head: nn.Module) -> dict[str, int]:
+    """Trainable parameters of an Implicit PointRend mask head, split where the size goes.
+
+    Returns:
+        ``{"total", "param_head_hidden", "param_head_prediction", "generated_per_instance"}``:
+        all trainable parameters; those of the parameter head before its prediction layer; those
+        of the prediction layer (weights + biases); and ``num_params`` of the generated MLP.
+    """
+    assert isinstance(head, PointSupImplicitPointRendMaskHead)
+    prediction = sum(p.numel() for p in head.param_head.predictor.parameters())
+    total = sum(p.numel() for p in head.parameters() if p.requires_grad)
+    return {
+        "total": total,
+        "param_head_hidden": total - prediction,
+        "param_head_prediction": prediction,
+        "generated_per_instance": head.point_head.num_params,
+    }
+
+
+# (ours, Detectron2's) module-name pairs below a mask-head prefix.
+_NAME_PAIRS = (
+    ("param_head.reduce_channels.", "parameter_head.reduce_channel_dim_conv."),
+    ("param_head.reduce_spatial.", "parameter_head.reduce_spatial_dim_conv."),
+    ("param_head.predictor.", "parameter_head.prediction."),
+    ("point_head.pos_enc_gaussian", "point_head.positional_encoding_gaussian_matrix"),
+)
+
+
+def _rename(state_dict: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]], rename_fc) -> dict:
+    out = {}
+    for key, value in state_dict.items():
+        for src, dst in pairs:
+            if src in key:
+                out[key.replace(src, dst)] = value
+                break
+        else:
+            out[rename_fc(key)] = value
+    return out
+
+
+def _fc_ours_to_d2(key: str) -> str:
+    # param_head.fcs.{k}. → parameter_head.fc{k+1}.
+    marker = "param_head.fcs."
+    if marker not in key:
+        return key
+    head, tail = key.split(marker, 1)
+    index, rest = tail.split(".", 1)
+    return f"{head}parameter_head.fc{int(index) + 1}.{rest}"
+
+
+def _fc_d2_to_ours(key: str) -> str:
+    # parameter_head.fc{k}. → param_head.fcs.{k-1}.
+    marker = "parameter_head.fc"
+    if marker not in key:
+        return key
+    head, tail = key.split(marker, 1)
+    index, rest = tail.split(".", 1)
+    if not index.isdigit():
+        return key
+    return f"{head}param_head.fcs.{int(index) - 1}.{rest}"
+
+
+def convert_from_detectron2_implicit_pointrend(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Detectron2's ``ImplicitPointRendMaskHead`` state dict (or a whole model's) → ours.
+
+    Only mask-head keys are renamed (wherever they sit, e.g. under ``roi_heads.mask_head.``); every
+    other key, and every tensor, is kept as is: both heads use the same parameter-vector layout and
+    the same positional-encoding matrix shape, so the weights need no reshaping.
+    """
+    return _rename(state_dict, [(d2, ours) for ours, d2 in _NAME_PAIRS], _fc_d2_to_ours)
+
+
+def convert_to_detectron2_implicit_pointrend(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """Our state dict (or a whole model's) → Detectron2's ``ImplicitPointRendMaskHead`` names."""
+    return _rename(state_dict, _NAME_PAIRS, _fc_ours_to_d2)
