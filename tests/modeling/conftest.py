@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.structures import Boxes, Instances
 
 from point_sup import add_point_sup_config
+from point_sup.modeling.point_features import get_point_coords_wrt_image
 
 
 def tiny_rcnn_cfg(mask_head: str, num_classes: int = 3) -> CfgNode:
@@ -59,3 +61,29 @@ def tiny_cfg():
     """Factory ``tiny_cfg(mask_head_name, num_classes=3)`` of tiny R18-FPN Mask R-CNN configs."""
     torch.manual_seed(0)
     return tiny_rcnn_cfg
+
+
+def make_point_sup_inputs(num_instances: tuple[int, ...] = (3, 0)) -> list[dict]:
+    """Hand-made point-supervised training inputs (dataset mapper output) of 128x128 images."""
+    g = torch.Generator().manual_seed(0)
+    all_boxes = torch.tensor([[10.0, 10.0, 60.0, 70.0], [50.0, 40.0, 120.0, 110.0], [5.0, 80.0, 40.0, 125.0]])
+    inputs = []
+    for n in num_instances:
+        inst = Instances((128, 128))
+        boxes = all_boxes[:n]
+        inst.gt_boxes = Boxes(boxes)
+        inst.gt_classes = torch.arange(n) % 3
+        rel = torch.rand(n, 10, 2, generator=g)
+        inst.gt_point_coords = get_point_coords_wrt_image(boxes, rel)
+        # object = the centre half of the box, like a blob
+        inst.gt_point_labels = ((rel - 0.5).abs() < 0.25).all(dim=2).float()
+        inst.gt_point_labels[:, -1] = -1.0
+        image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=g)
+        inputs.append({"image": image, "instances": inst, "height": 128, "width": 128})
+    return inputs
+
+
+@pytest.fixture
+def point_sup_inputs():
+    """Factory ``point_sup_inputs(num_instances=(3, 0))`` of point-supervised training inputs."""
+    return make_point_sup_inputs
