@@ -24,9 +24,9 @@ def uses_point_head(cfg: CfgNode) -> bool:
     return "PointRend" in mask_head.NAME or bool(mask_head.get("POINT_HEAD_ON", False))
 
 
-def _sample_annotations(dicts: Sequence[dict], num_samples: int) -> list[tuple[dict, dict]]:
-    """(record, annotation) pairs of non-crowd annotations from the first annotated record and from up
-    to ``num_samples`` records spread evenly over the dataset (deterministic)."""
+def _sample_annotations(dicts: Sequence[dict], num_samples: int) -> list[tuple[dict, dict, int]]:
+    """(record, annotation, its index in the record) for the non-crowd annotations of the first annotated
+    record and of up to ``num_samples`` records spread evenly over the dataset (deterministic)."""
     annotated = [
         i for i, r in enumerate(dicts) if any(a.get("iscrowd", 0) == 0 for a in r.get("annotations", []))
     ]
@@ -35,7 +35,12 @@ def _sample_annotations(dicts: Sequence[dict], num_samples: int) -> list[tuple[d
     picks = sorted(
         {annotated[0], *(annotated[int(j)] for j in np.linspace(0, len(annotated) - 1, num_samples))}
     )
-    return [(dicts[i], a) for i in picks for a in dicts[i]["annotations"] if a.get("iscrowd", 0) == 0]
+    return [
+        (dicts[i], a, k)
+        for i in picks
+        for k, a in enumerate(dicts[i]["annotations"])
+        if a.get("iscrowd", 0) == 0
+    ]
 
 
 def check_point_supervision(
@@ -120,11 +125,13 @@ def check_point_supervision(
             )
         else:
             continue
-        for record, anno in samples:
+        for record, anno, index in samples:
             for key in required:
                 if key not in anno:
+                    # Detectron2's own loaders drop annotation ids; then say where it is in the image.
+                    which = f"id {anno['id']}" if "id" in anno else f"#{index}"
                     raise ValueError(
-                        f"dataset '{name}': annotation id {anno.get('id', '?')} of image "
+                        f"dataset '{name}': annotation {which} of image "
                         f"{record.get('file_name')} has no '{key}', which "
                         + ("INPUT.POINT_SUP" if point_sup else "the mask head (MODEL.MASK_ON)")
                         + f" needs; {remedy}"

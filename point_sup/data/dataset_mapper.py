@@ -212,11 +212,12 @@ class PointSupDatasetMapper(DatasetMapper):
         # read the first annotation only), and point supervision does not need them.
         keep_masks = self.use_instance_mask and all("segmentation" in a for a in annos)
         points = []
-        for anno in annos:
+        for index, anno in enumerate(annos):
             missing = [key for key in POINT_ANNOTATION_KEYS if key not in anno]
             if missing:
+                which = f"id {anno['id']}" if "id" in anno else f"#{index} (of the non-crowd ones)"
                 raise ValueError(
-                    f"INPUT.POINT_SUP is on but annotation id {anno.get('id', '?')} of image "
+                    f"INPUT.POINT_SUP is on but annotation {which} of image "
                     f"{dataset_dict.get('file_name')} (image id {dataset_dict.get('image_id')}) has no "
                     f"'{missing[0]}': register point-annotated data with "
                     "point_sup.register_coco_instances_with_points"

@@ -262,6 +262,11 @@ def test_missing_points_fail_naming_the_image(nuclei):
     ann_id = record["annotations"][2]["id"]
     with pytest.raises(ValueError, match=rf"annotation id {ann_id} of image .*train_0.png.*'point_labels'"):
         _mapper([])(record)
+    del record["annotations"][2]["id"]  # Detectron2's loaders keep no annotation id
+    with pytest.raises(
+        ValueError, match=r"annotation #2 \(of the non-crowd ones\) of image .*'point_labels'"
+    ):
+        _mapper([])(record)
 
 
 def test_sample_points_subsets(nuclei):
