@@ -41,8 +41,16 @@ Differences from Detectron2's ``ImplicitPointRendMaskHead``, all deliberate:
 
 Parameter count (COCO, K = 80, p2 with 256 channels, defaults above): ``num_params`` = 512·256 +
 2·256·256 + 256·80 + 3·256 + 80 = 283,472, so the parameter head's prediction layer alone has
-1024 · 283,472 = 290,275,328 weights. :data:`LIGHT_VARIANT_OVERRIDES` gives the documented lighter
-option (see :func:`count_parameters`).
+1024 · 283,472 = 290,275,328 weights; the head has 304,716,880 trainable parameters in all.
+:data:`LIGHT_VARIANT_OVERRIDES` is the documented lighter option (parameter-head FC width 256,
+class-agnostic point head): 263,169 generated parameters, 71,174,145 trainable (4.3x fewer). See
+:func:`count_parameters` and ``bench/bench_implicit_point_rend.py``.
+
+Config: ROI_MASK_HEAD.{IN_FEATURES, POOLER_RESOLUTION, CONV_DIM, FC_DIM, NUM_FC}, POINT_HEAD.{NUM_CLASSES,
+IN_FEATURES, FC_DIM, NUM_FC, CLS_AGNOSTIC_MASK, TRAIN_NUM_POINTS, SUBDIVISION_STEPS,
+SUBDIVISION_NUM_POINTS}, IMPLICIT_POINTREND.*, INPUT.POINT_SUP. POINT_HEAD.NAME is not read (the point
+head is always the generated one). Set SUBDIVISION_STEPS to 3 (28 → 224, as the paper and Detectron2's
+Implicit PointRend configs do); the shared default 5 is PointRend's (7 → 224).
 """
 
 from __future__ import annotations
