@@ -32,7 +32,10 @@ logger = logging.getLogger(__name__)
 
 
 def roi_grid_point_loss(
-    mask_logits: torch.Tensor, instances: list[Instances], log_prefix: str = ""
+    mask_logits: torch.Tensor,
+    instances: list[Instances],
+    log_prefix: str = "",
+    point_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Point BCE of an RoI-grid mask prediction at the labelled points of its proposals.
 
@@ -43,6 +46,7 @@ def roi_grid_point_loss(
         instances: per image, the R_i foreground proposals with ``proposal_boxes``, ``gt_classes``,
             ``gt_point_coords`` (R_i, P_i, 2) image coordinates and ``gt_point_labels`` (R_i, P_i).
         log_prefix: storage prefix for point accuracy / valid fraction (see :func:`point_bce_loss`).
+        point_targets: ``get_point_targets(instances)`` if the caller has it already.
 
     Returns:
         Scalar loss; ``0 * mask_logits.sum()`` when there is no proposal or no valid point, so the
@@ -50,7 +54,7 @@ def roi_grid_point_loss(
     """
     if mask_logits.shape[0] == 0:
         return mask_logits.sum() * 0.0
-    point_coords, point_labels = get_point_targets(instances)
+    point_coords, point_labels = point_targets if point_targets is not None else get_point_targets(instances)
     if point_labels.numel() == 0:
         return mask_logits.sum() * 0.0
     gt_classes = cat([inst.gt_classes for inst in instances if len(inst) > 0]).to(torch.int64)

@@ -363,10 +363,13 @@ class PointSupPointRendMaskHead(nn.Module):
         self, features: dict[str, torch.Tensor], coarse: torch.Tensor, instances: list[Instances]
     ) -> dict[str, torch.Tensor]:
         """Both losses at the labelled points (out-of-box, ignored and padding points excluded)."""
-        losses = {"loss_mask": roi_grid_point_loss(coarse, instances, log_prefix="point_rend_coarse")}
+        point_coords, point_labels = get_point_targets(instances)
+        loss_mask = roi_grid_point_loss(
+            coarse, instances, log_prefix="point_rend_coarse", point_targets=(point_coords, point_labels)
+        )
+        losses = {"loss_mask": loss_mask}
         if self.point_head is None:
             return losses
-        point_coords, point_labels = get_point_targets(instances)
         if point_labels.numel() == 0:
             losses["loss_mask_point"] = self._zero_point_loss(coarse)
             return losses

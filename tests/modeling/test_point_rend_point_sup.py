@@ -150,6 +150,18 @@ def test_losses_from_points_are_bces_at_the_labelled_points(tiny_cfg) -> None:
     torch.testing.assert_close(losses["loss_mask_point"], expected_point, rtol=1e-5, atol=1e-6)
 
 
+def test_coarse_head_alone_from_points(tiny_cfg) -> None:
+    full = _make_head(_cfg(tiny_cfg))
+    coarse_only = _make_head(_cfg(tiny_cfg, point_head_on=False))
+    coarse_only.coarse_head.load_state_dict(full.coarse_head.state_dict())
+    features, images = _features(), _point_proposals()
+    with EventStorage():
+        losses = coarse_only.train()(features, images)
+        full_losses = full.train()(features, images)
+    assert set(losses) == {"loss_mask"}
+    assert losses["loss_mask"].item() == full_losses["loss_mask"].item()
+
+
 def test_ignored_and_out_of_box_points_do_not_matter(tiny_cfg) -> None:
     head = _make_head(_cfg(tiny_cfg))
     head.train()
