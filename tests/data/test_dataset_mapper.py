@@ -366,3 +366,48 @@ def test_from_config_reads_point_keys():
     cfg.INPUT.SAMPLE_POINTS = -1
     with pytest.raises(ValueError, match="SAMPLE_POINTS"):
         PointSupDatasetMapper(cfg, is_train=True)
+
+
+@pytest.mark.slow
+def test_mapper_output_trains_every_point_supervised_head(nuclei):
+    """Contract with point_sup.modeling: a batch of real mapper outputs (crop, subsampling, different
+    point counts, an image without annotations) gives finite losses with every registered PointSup head."""
+    from detectron2.modeling import build_model
+    from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY
+    from detectron2.utils.events import EventStorage
+
+    heads = [name for name, _ in ROI_MASK_HEAD_REGISTRY if name.startswith("PointSup")]
+    assert heads
+    records = [nuclei["pvar"][0], dict(nuclei["pvar"][1], annotations=[])]
+    for head in heads:
+        cfg = add_point_sup_config(get_cfg())
+        cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS, cfg.MODEL.MASK_ON = "cpu", "", True
+        cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
+        cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.RES2_OUT_CHANNELS, cfg.MODEL.RESNETS.NORM = 18, 64, "GN"
+        cfg.MODEL.RESNETS.OUT_FEATURES = cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+        cfg.MODEL.FPN.OUT_CHANNELS = 32
+        cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8], [16], [32], [64], [128]]
+        cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+        cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+        cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+        cfg.MODEL.ROI_BOX_HEAD.NAME, cfg.MODEL.ROI_BOX_HEAD.NUM_FC, cfg.MODEL.ROI_BOX_HEAD.FC_DIM = (
+            "FastRCNNConvFCHead",
+            1,
+            64,
+        )
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = cfg.MODEL.POINT_HEAD.NUM_CLASSES = 1
+        cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
+        cfg.MODEL.ROI_MASK_HEAD.NAME, cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = head, 32
+        if "PointRend" in head:
+            cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""  # PointRend heads sample features themselves
+        cfg.INPUT.POINT_SUP, cfg.INPUT.SAMPLE_POINTS, cfg.INPUT.MASK_FORMAT = True, 3, "bitmask"
+        cfg.INPUT.CROP.ENABLED, cfg.INPUT.CROP.SIZE = True, [0.6, 0.6]
+        cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (192,), 256
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        mapper = PointSupDatasetMapper(cfg, is_train=True)
+        with EventStorage(0):
+            losses = model([mapper(r) for r in records])
+        assert any(k.startswith("loss_mask") for k in losses), (head, losses)
+        assert all(torch.isfinite(v) for v in losses.values()), (head, losses)
