@@ -1,0 +1,127 @@
+"""Atomic file writes: a reader (or a crash) never sees a partially written file.
+
+Every helper writes to a temporary file in the *same directory* as the target (so that the final
+:func:`os.replace` is a rename within one filesystem, which POSIX makes atomic), flushes and
+fsyncs it, gives it the permissions an ordinary ``open(path, "w")`` would have given, and only then
+replaces the target. On any exception the temporary file is removed and the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["StagedFiles", "atomic_open", "atomic_write_bytes", "atomic_write_text"]
+
+
+def _default_mode(target: Path) -> int:
+    """Permission bits for ``target``: kept if it exists, else 0o666 minus the process umask."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        pass
+    # os.umask can only be read by setting it; restore it immediately.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _make_temp(target: Path) -> tuple[int, Path]:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    return fd, Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``.
+
+    ``mode`` must be a write mode (``"w"``, ``"wb"``, ``"wt"``). If the ``with`` block raises, the
+    temporary file is deleted, ``path`` keeps its previous content (or stays absent), and the
+    exception propagates.
+    """
+    if "w" not in mode or any(c in mode for c in "ra+x"):
+        raise ValueError(f"atomic_open needs a plain write mode ('w', 'wb', 'wt'), got {mode!r}")
+    target = Path(path)
+    fd, tmp = _make_temp(target)
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode(target))
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_open(path, "w", encoding=encoding) as f:
+        f.write(text)
+
+
+class StagedFiles:
+    """Several output files that appear together, or not at all.
+
+    Use as a context manager: :meth:`write` stages each file as a temporary sibling of its target;
+    on a clean exit every staged file replaces its target (a sequence of atomic renames, done only
+    after all contents were written successfully); if the block raises, every staged temporary
+    file is deleted and no target is touched::
+
+        with StagedFiles() as out:
+            for k in range(n):
+                out.write(f"points_v{k}.json", make_bytes(k))  # may raise: nothing is written
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    def write(self, path: str | os.PathLike, data: bytes) -> None:
+        target = Path(path)
+        if any(t == target for t, _ in self._staged):
+            raise ValueError(f"{target} is staged twice")
+        fd, tmp = _make_temp(target)
+        self._staged.append((target, tmp))  # registered first: removed on failure below
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode(target))
+
+    @property
+    def targets(self) -> list[Path]:
+        return [t for t, _ in self._staged]
+
+    def discard(self) -> None:
+        for _, tmp in self._staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._staged.clear()
+
+    def commit(self) -> None:
+        try:
+            for target, tmp in self._staged:
+                os.replace(tmp, target)
+        finally:
+            self.discard()  # leftovers only if a rename failed
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
