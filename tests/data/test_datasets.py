@@ -151,6 +151,8 @@ def _drop(field, which=3):
             r"point_labels must be 0 \(background\) or 1 \(object\), got \[2.0\]",
         ),
         (_set(point_coords=[[1, 2], [3], [4, 5], [6, 7]]), r"point_coords must be a list of \[x, y\]"),
+        (_set(point_coords=3), r"point_coords must be a list of \[x, y\], got shape \(\)"),
+        (_set(point_coords=[[1, 2, 3]] * 4), r"point_coords must be a list of \[x, y\], got shape \(4, 3\)"),
         (
             _set(point_coords=[[10, 12], [10.5, 12], [11, 12], [11, 13]]),
             r"point_coords must be integer pixel indices .*\[10.5 12. \]",
