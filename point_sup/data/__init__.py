@@ -7,15 +7,22 @@ from . import builtin  # noqa: F401  (registers the builtin datasets)
 from .builtin import POINT_SUP_DATASET_PAIRS, register_all_point_sup, register_nuclei
 from .checks import check_point_supervision
 from .dataset_mapper import PointSupDatasetMapper, transform_point_annotations
-from .datasets import load_coco_json_with_points, register_coco_instances_with_points
+from .datasets import (
+    load_coco_json_with_points,
+    load_lvis_json_with_points,
+    register_coco_instances_with_points,
+    register_lvis_instances_with_points,
+)
 
 __all__ = [
     "POINT_SUP_DATASET_PAIRS",
     "PointSupDatasetMapper",
     "check_point_supervision",
     "load_coco_json_with_points",
+    "load_lvis_json_with_points",
     "register_all_point_sup",
     "register_coco_instances_with_points",
+    "register_lvis_instances_with_points",
     "register_nuclei",
     "transform_point_annotations",
 ]

@@ -33,7 +33,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
-from .datasets import register_coco_instances_with_points
+from .datasets import register_coco_instances_with_points, register_lvis_instances_with_points
 from .nuclei import build_nuclei_coco
 
 __all__ = [
@@ -53,8 +53,8 @@ POINT_SUP_DATASET_PAIRS: dict[str, str] = {
 }
 
 # name -> (mask-supervised dataset whose class metadata it shares, P10 JSON, image root), relative
-# to the datasets root. LVIS P10 files are read as COCO JSON: images need a ``file_name`` relative to
-# ``coco/`` (e.g. ``train2017/000000391895.jpg``), as LVIS images live in COCO's folders.
+# to the datasets root. The LVIS P10 file is in LVIS format (images found from their coco_url under
+# coco/), the others in COCO format.
 _P10: dict[str, tuple[str, str, str]] = {
     "coco_2017_train_p10": (
         "coco_2017_train",
@@ -127,9 +127,12 @@ def register_all_point_sup(root: str | os.PathLike) -> None:
             logger.debug(f"{name} is already registered; left as it is")
             continue
         metadata = {**_class_metadata(mask_name), "paired_val_dataset": POINT_SUP_DATASET_PAIRS[name]}
-        register_coco_instances_with_points(
-            name, metadata, os.path.join(root, json_rel), os.path.join(root, image_rel)
+        register = (
+            register_lvis_instances_with_points
+            if name.startswith("lvis")
+            else register_coco_instances_with_points
         )
+        register(name, metadata, os.path.join(root, json_rel), os.path.join(root, image_rel))
 
 
 def register_nuclei(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:

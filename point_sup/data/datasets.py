@@ -1,4 +1,4 @@
-"""Registration and loading of P_N point-annotated datasets in COCO JSON format.
+"""Registration and loading of P_N point-annotated datasets (COCO and LVIS JSON formats).
 
 A P_N annotation file is a COCO-format JSON (the format of Detectron2's PointSup project) in which
 each annotation carries, besides ``bbox`` and ``category_id``:
@@ -25,19 +25,25 @@ the transformed mask at the transformed point (see :mod:`point_sup.data.dataset_
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections import defaultdict
 from collections.abc import Mapping
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
 
 __all__ = [
     "POINT_ANNOTATION_KEYS",
     "convert_point_annotations",
     "load_coco_json_with_points",
+    "load_lvis_json_with_points",
     "register_coco_instances_with_points",
+    "register_lvis_instances_with_points",
 ]
 
 logger = logging.getLogger(__name__)
@@ -234,6 +240,65 @@ def load_coco_json_with_points(
     return convert_point_annotations(dicts, json_file)
 
 
+def load_lvis_json_with_points(
+    json_file: str | os.PathLike, image_root: str | os.PathLike, dataset_name: str | None = None
+) -> list[dict]:
+    """Load a P_N file in LVIS format: as :func:`load_coco_json_with_points`, for LVIS conventions.
+
+    Detectron2's ``load_lvis_json`` requires masks, which a "without masks" P_N file lacks, hence this
+    loader. LVIS conventions: an image without ``file_name`` is found from its ``coco_url`` as
+    ``image_root + <split folder>/<file>`` (``image_root`` is the COCO folder, e.g. ``datasets/coco/``);
+    category ids 1..C become contiguous ids 0..C-1; ``not_exhaustive_category_ids`` and
+    ``neg_category_ids`` are kept on the records. Points are converted by
+    :func:`convert_point_annotations`. Needs no ``lvis`` package.
+    """
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    with PathManager.open(json_file) as f:
+        data = json.load(f)
+    num_classes = len(data["categories"])
+    if sorted(c["id"] for c in data["categories"]) != list(range(1, num_classes + 1)):
+        raise ValueError(f"{json_file}: LVIS category ids must be 1..{num_classes}")
+    if dataset_name is not None:
+        meta = MetadataCatalog.get(dataset_name)
+        if hasattr(meta, "thing_classes") and len(meta.thing_classes) != num_classes:
+            raise ValueError(
+                f"{json_file}: its categories ({num_classes}) do not match those registered for dataset "
+                f"'{dataset_name}' ({len(meta.thing_classes)}); was the file made from another dataset?"
+            )
+        if not hasattr(meta, "thing_classes"):
+            meta.set(thing_classes=[c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])])
+    annotations = defaultdict(list)
+    for ann in data["annotations"]:
+        annotations[ann["image_id"]].append(ann)
+    dicts = []
+    for img in data["images"]:
+        if "file_name" in img:
+            file_name = os.path.join(image_root, img["file_name"])
+        else:
+            split_folder, name = img["coco_url"].split("/")[-2:]
+            file_name = os.path.join(image_root + split_folder, name)
+        objs = []
+        for ann in annotations.get(img["id"], []):
+            obj = {"bbox": ann["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "category_id": ann["category_id"] - 1}
+            for key in ("id", "iscrowd", "segmentation", *POINT_ANNOTATION_KEYS):
+                if key in ann:
+                    obj[key] = ann[key]
+            objs.append(obj)
+        dicts.append(
+            {
+                "file_name": file_name,
+                "height": img["height"],
+                "width": img["width"],
+                "image_id": img["id"],
+                "not_exhaustive_category_ids": img.get("not_exhaustive_category_ids", []),
+                "neg_category_ids": img.get("neg_category_ids", []),
+                "annotations": objs,
+            }
+        )
+    logger.info(f"Loaded {len(dicts)} images in the LVIS format from {json_file}")
+    return convert_point_annotations(dicts, json_file)
+
+
 def _check_args(name, metadata, json_file, image_root) -> None:
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
@@ -266,6 +331,25 @@ def register_coco_instances_with_points(
             "json_file": json_file,
             "image_root": image_root,
             "evaluator_type": "coco",
+            "point_supervision": True,
+            **metadata,
+        }
+    )
+
+
+def register_lvis_instances_with_points(
+    name: str, metadata: dict, json_file: str | os.PathLike, image_root: str | os.PathLike
+) -> None:
+    """As :func:`register_coco_instances_with_points` for a P_N file in LVIS format
+    (:func:`load_lvis_json_with_points`); ``evaluator_type="lvis"``."""
+    _check_args(name, metadata, json_file, image_root)
+    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+    DatasetCatalog.register(name, lambda: load_lvis_json_with_points(json_file, image_root, name))
+    MetadataCatalog.get(name).set(
+        **{
+            "json_file": json_file,
+            "image_root": image_root,
+            "evaluator_type": "lvis",
             "point_supervision": True,
             **metadata,
         }

@@ -42,7 +42,8 @@ def test_class_metadata_matches_the_mask_supervised_dataset(name):
         MetadataCatalog.get(P10[name]),
         MetadataCatalog.get(POINT_SUP_DATASET_PAIRS[name]),
     )
-    assert meta.point_supervision is True and meta.evaluator_type == "coco"
+    assert meta.point_supervision is True
+    assert meta.evaluator_type == ("lvis" if name.startswith("lvis") else "coco")
     assert list(meta.thing_classes) == list(mask_meta.thing_classes) == list(val_meta.thing_classes)
     for key in ("thing_colors", "thing_dataset_id_to_contiguous_id"):
         if hasattr(mask_meta, key):
@@ -194,3 +195,47 @@ def test_register_nuclei(tmp_path):
     register_nuclei(tmp_path / "b")  # again, elsewhere: replaces the registration
     assert MetadataCatalog.get("nuclei_train").json_file == str(tmp_path / "b/annotations/nuclei_train.json")
     assert DatasetCatalog.get("nuclei_train")[0]["file_name"].startswith(str(tmp_path / "b"))
+
+
+def _lvis_p10(nuclei, path, num_categories, category_id):
+    """Two nuclei tiles as an LVIS-format P10 file: images named by coco_url only, no masks."""
+    data = json.loads(nuclei["train"].read_text())
+    data["images"] = [
+        {k: v for k, v in img.items() if k != "file_name"}
+        | {"coco_url": f"http://images.cocodataset.org/train2017/{img['file_name']}", "neg_category_ids": [3]}
+        for img in data["images"][:2]
+    ]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in (1, 2)]
+    for a in data["annotations"]:
+        x, y, w, _ = a["bbox"]
+        a.update(category_id=category_id, point_coords=[[x, y], [x + w - 1, y]], point_labels=[0, 1])
+        del a["segmentation"], a["iscrowd"]
+    data["categories"] = [{"id": i + 1, "name": f"c{i}"} for i in range(num_categories)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return data
+
+
+def test_lvis_p10_loads_lvis_format(builtin_root, nuclei):
+    data = _lvis_p10(nuclei, builtin_root / "lvis/lvis_v1_train_n10_v0_without_masks.json", 1203, 1203)
+    dicts = DatasetCatalog.get("lvis_v1_train_p10")
+    assert [r["file_name"] for r in dicts] == [
+        str(builtin_root / "coco/train2017/train_0.png"),
+        str(builtin_root / "coco/train2017/train_1.png"),
+    ]
+    assert dicts[0]["neg_category_ids"] == [3] and dicts[0]["not_exhaustive_category_ids"] == []
+    annos = [a for r in dicts for a in r["annotations"]]
+    assert len(annos) == len(data["annotations"]) and {a["category_id"] for a in annos} == {1202}
+    x, y, w, _ = data["annotations"][0]["bbox"]
+    np.testing.assert_array_equal(annos[0]["point_coords"], [[x + 0.5, y + 0.5], [x + w - 0.5, y + 0.5]])
+    # The class names stay Detectron2's LVIS v1 names.
+    assert (
+        MetadataCatalog.get("lvis_v1_train_p10").thing_classes
+        == MetadataCatalog.get("lvis_v1_train").thing_classes
+    )
+
+
+def test_lvis_p10_made_from_another_dataset_fails(builtin_root, nuclei):
+    _lvis_p10(nuclei, builtin_root / "lvis/lvis_v1_train_n10_v0_without_masks.json", 80, 1)
+    with pytest.raises(ValueError, match=r"lvis_v1_train_n10_v0_without_masks.json: its categories \(80\)"):
+        DatasetCatalog.get("lvis_v1_train_p10")
