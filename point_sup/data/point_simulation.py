@@ -476,12 +476,12 @@ def boundary_sq_distances(region: np.ndarray, origin: tuple[int, int], points: n
 
 
 def select_noisy_points(
-    num_flips: int, mode: NoiseMode, rng: np.random.Generator, sq_dist: np.ndarray | None = None
+    num_flips: int, mode: NoiseMode, rng: np.random.Generator, sq_dist: np.ndarray
 ) -> np.ndarray:
-    """Indices of the points whose labels are flipped, out of ``len(sq_dist)`` or ``num_total``.
+    """Sorted indices of the ``num_flips`` points (out of ``len(sq_dist)``) whose labels are flipped.
 
-    ``random``: ``num_flips`` points uniformly without replacement. ``boundary``: the ``num_flips``
-    points with the smallest boundary distance, ties broken at random.
+    ``random``: uniformly without replacement (``sq_dist`` only gives the count). ``boundary``:
+    the points with the smallest squared boundary distance, ties broken at random.
     """
     n = len(sq_dist)
     if mode == "random":
@@ -516,6 +516,8 @@ class PointSamples:
 
 @dataclass
 class SimulationStats:
+    """Counts for the closing summary of a simulation run."""
+
     num_annotations: int = 0
     num_with_points: int = 0
     num_clipped: int = 0
