@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator, Mapping
 from unittest import mock
 
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 
@@ -19,10 +21,22 @@ __all__ = ["PointSupTrainer"]
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _serve_loaded(loaded: Mapping[str, list]) -> Iterator[None]:
+    """Let ``DatasetCatalog.get`` return already loaded dicts (COCO takes ~30 s to load twice)."""
+    original = DatasetCatalog.get
+
+    def get(name: str):
+        return loaded[name] if name in loaded else original(name)
+
+    with mock.patch.object(DatasetCatalog, "get", get):
+        yield
+
+
 class PointSupTrainer(DefaultTrainer):
     """DefaultTrainer that
 
-    * checks, before anything is built, that the training datasets carry the supervision the
+    * checks, before training starts, that the training datasets carry the supervision the
       config asks for (points for ``INPUT.POINT_SUP``, masks otherwise) and that class counts agree;
     * loads training data through :class:`~point_sup.data.dataset_mapper.PointSupDatasetMapper`;
     * evaluates with :func:`point_sup.evaluation.build_evaluator` (pycocotools when detectron2 has
@@ -31,14 +45,16 @@ class PointSupTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        if cfg.DATASETS.TRAIN:
-            check_point_supervision(cfg, cfg.DATASETS.TRAIN)
         with mock.patch.object(d2_defaults, "create_ddp_model", create_ddp_model):
             super().__init__(cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=PointSupDatasetMapper(cfg, is_train=True))
+        """Checks the training data against the config (clear errors), then Detectron2's loader."""
+        loaded = {name: DatasetCatalog.get(name) for name in cfg.DATASETS.TRAIN}
+        check_point_supervision(cfg, dataset_dicts=loaded)
+        with _serve_loaded(loaded):
+            return build_detection_train_loader(cfg, mapper=PointSupDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
