@@ -44,6 +44,7 @@ import gc
 import math
 import multiprocessing
 import multiprocessing.pool
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -886,3 +887,42 @@ def annotation_time(num_instances: int, num_points: int) -> AnnotationTime:
         points_seconds=num_instances * num_points * SECONDS_PER_POINT,
         polygon_mask_seconds=num_instances * SECONDS_PER_POLYGON_MASK,
     )
+
+
+def apply_point_samples(instances: CocoInstances, samples: PointSamples) -> None:
+    """Set ``point_coords``/``point_labels`` of every annotation of ``instances`` from ``samples``.
+
+    Annotations without points (zero-area boxes) get empty lists, as in the output files.
+    """
+    coords, labels = samples.coords.tolist(), samples.labels.tolist()
+    for i, ann in enumerate(instances.annotations):
+        has = bool(samples.has_points[i])
+        ann["point_coords"] = coords[i] if has else []
+        ann["point_labels"] = labels[i] if has else []
+
+
+def write_point_annotation_file(
+    input_json: str | os.PathLike,
+    output_json: str | os.PathLike,
+    *,
+    num_points: int = 10,
+    seed: int = 0,
+    version: int = 0,
+    keep_masks: bool = False,
+) -> SimulationStats:
+    """Simulate P_N for a COCO-format file and write the result atomically (library form of the CLI).
+
+    For the options of the command-line tool (several versions, label noise, workers) use
+    ``tools/prepare_point_annotations.py``; this single-process form serves small datasets and code
+    that builds datasets programmatically (e.g. :func:`point_sup.data.register_nuclei`).
+    """
+    from ..utils.file_io import atomic_write_bytes
+    from .coco_json import dumps_json, load_coco_instances
+
+    instances = load_coco_instances(input_json)
+    samples, stats = simulate_point_annotations(
+        instances, num_points=num_points, seed=seed, versions=(version,), drop_segmentation=not keep_masks
+    )
+    apply_point_samples(instances, samples[0])
+    atomic_write_bytes(output_json, dumps_json(instances.data))
+    return stats
