@@ -51,7 +51,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .coco_json import CocoFormatError, CocoInstances, segmentation_kind
+from ..utils.file_io import atomic_write_bytes
+from .coco_json import CocoFormatError, CocoInstances, dumps_json, load_coco_instances, segmentation_kind
 
 __all__ = [
     "SECONDS_PER_BOX",
@@ -916,9 +917,6 @@ def write_point_annotation_file(
     ``tools/prepare_point_annotations.py``; this single-process form serves small datasets and code
     that builds datasets programmatically (e.g. :func:`point_sup.data.register_nuclei`).
     """
-    from ..utils.file_io import atomic_write_bytes
-    from .coco_json import dumps_json, load_coco_instances
-
     instances = load_coco_instances(input_json)
     samples, stats = simulate_point_annotations(
         instances, num_points=num_points, seed=seed, versions=(version,), drop_segmentation=not keep_masks
