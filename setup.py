@@ -26,6 +26,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["point_sup", "point_sup.*"]),
+    # The annotation tool's page (plain HTML/CSS/JS, served by point_sup.annotation.server).
+    package_data={"point_sup.annotation": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=_requirements(),
     extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "tifffile"]},
 )

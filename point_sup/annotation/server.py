@@ -1,0 +1,275 @@
+"""The annotation tool's local web server (standard library only: ``http.server``).
+
+Routes:
+
+``GET /``, ``GET /static/app.js``, ``GET /static/style.css``
+    The page (plain HTML/CSS/JS shipped in ``point_sup/annotation/static``; nothing else under that
+    folder, or anywhere else on disk, is reachable).
+``GET /images/<image id>``
+    The image of that id in the input JSON, read from ``--images``. The URL carries only the integer
+    id: file names never come from the request. Paths were resolved (symlinks included) at start-up
+    and must lie inside the image folder; they are checked again when served.
+``GET /api/state``
+    The current object and point, and the progress (:meth:`AnnotationStore.snapshot`).
+``POST /api/answer`` ``{"ann_id", "index", "label", "seconds"}``, ``POST /api/flag`` ``{"ann_id"}``,
+``POST /api/undo``
+    Record an action and return the new state; ``409`` with the state if the action is not for the
+    point currently asked (stale page, second tab, double key press), ``400`` if malformed.
+
+Requests are served by threads; the store serializes them under its lock. POSTs must be
+``application/json`` (which a page of another site cannot send without a CORS preflight, which
+this server never grants), and on a loopback address the ``Host`` header must name the server
+(so a DNS-rebinding site cannot reach it either).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from point_sup.data.coco_json import CocoFormatError, CocoInstances
+
+from .store import AnnotationStore, ConflictError
+
+__all__ = ["AnnotationServer", "is_loopback", "resolve_image_paths"]
+
+logger = logging.getLogger(__name__)
+
+_STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+_IMAGE_ROUTE = re.compile(r"/images/([0-9]{1,19})")
+# Formats every browser decodes; anything else is converted to PNG before serving.
+_BROWSER_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+                  ".webp": "image/webp", ".bmp": "image/bmp"}  # fmt: skip
+_MAX_BODY = 64 * 1024
+_CSP = "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_image_paths(
+    instances: CocoInstances, image_root: str | os.PathLike, image_ids: set[int]
+) -> dict[int, Path]:
+    """Real paths of the images ``image_ids``, each checked to be a file inside ``image_root``.
+
+    Raises:
+        CocoFormatError: naming the image whose ``file_name`` is missing, absolute, escapes the
+            folder (``..`` or a symlink pointing outside) or does not exist.
+    """
+    root = Path(image_root).resolve(strict=True)
+    paths: dict[int, Path] = {}
+    for iid in sorted(image_ids):
+        name = instances.images[iid].get("file_name")
+
+        def fail(msg: str, iid: int = iid) -> CocoFormatError:
+            return CocoFormatError(msg, source=instances.source, image_id=iid)
+
+        if not isinstance(name, str) or not name:
+            raise fail(f"image 'file_name' must be a non-empty string, got {name!r}")
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise fail(f"file_name {name!r} must be a path relative to the image folder, without '..'")
+        real = (root / rel).resolve()
+        if not real.is_relative_to(root):
+            raise fail(f"file_name {name!r} leads outside the image folder {root} (symlink)")
+        if not real.is_file():
+            raise fail(f"file_name {name!r}: no such file under {root}")
+        paths[iid] = real
+    return paths
+
+
+class AnnotationServer(ThreadingHTTPServer):
+    """The HTTP server of one annotation session (``serve_forever`` in a thread, or blocking)."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, store: AnnotationStore, image_root: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000
+    ):
+        self.store = store
+        self.image_root = Path(image_root).resolve(strict=True)
+        self.image_paths = resolve_image_paths(store.instances, image_root, {t.image_id for t in store.tasks})
+        self.static_files = {route: _read_static(name) for route, (name, _) in _STATIC.items()}
+        self.loopback = is_loopback(host)
+        self._png_cache: dict[int, bytes] = {}
+        self._png_lock = threading.Lock()
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/"
+
+    def allowed_hosts(self) -> set[str]:
+        port = self.server_address[1]
+        host = self.server_address[0]
+        return {f"{h}:{port}" for h in ("127.0.0.1", "localhost", "[::1]", host)}
+
+    def image_bytes(self, image_id: int) -> tuple[bytes, str] | None:
+        """The image's bytes and content type, or None if it may not be served."""
+        path = self.image_paths.get(image_id)
+        if path is None:
+            return None
+        real = path.resolve()
+        if not real.is_relative_to(self.image_root) or not real.is_file():  # changed since start-up
+            logger.warning("image %s no longer resolves inside %s; refused", image_id, self.image_root)
+            return None
+        ctype = _BROWSER_TYPES.get(real.suffix.lower())
+        if ctype is not None:
+            return real.read_bytes(), ctype
+        with self._png_lock:
+            if image_id not in self._png_cache:
+                self._png_cache[image_id] = _to_png(real)
+            return self._png_cache[image_id], "image/png"
+
+
+def _read_static(name: str) -> bytes:
+    return resources.files("point_sup.annotation").joinpath("static", name).read_bytes()
+
+
+def _to_png(path: Path) -> bytes:
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="PNG")
+        return buf.getvalue()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: AnnotationServer
+    server_version = "point_sup-annotate"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s " + format, self.address_string(), *args)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", _CSP)
+        self.send_header("Referrer-Policy", "no-referrer")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", {"Cache-Control": "no-store"})
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def _host_ok(self) -> bool:
+        if not self.server.loopback:
+            return True  # reachable by other names on purpose (--host); nothing to compare against
+        return self.headers.get("Host", "") in self.server.allowed_hosts()
+
+    # ---------------------------------------------------------------- GET
+
+    def do_GET(self) -> None:
+        if not self._host_ok():
+            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        path = urlsplit(self.path).path
+        if path in _STATIC:
+            ctype = _STATIC[path][1]
+            return self._send(
+                HTTPStatus.OK, self.server.static_files[path], ctype, {"Cache-Control": "no-cache"}
+            )
+        if path == "/favicon.ico":  # asked by every browser; there is none
+            return self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
+        if path == "/api/state":
+            return self._json(HTTPStatus.OK, self.server.store.snapshot())
+        m = _IMAGE_ROUTE.fullmatch(path)
+        if m:
+            found = self.server.image_bytes(int(m.group(1)))
+            if found is None:
+                return self._error(HTTPStatus.NOT_FOUND, "no such image in the input JSON")
+            body, ctype = found
+            return self._send(HTTPStatus.OK, body, ctype, {"Cache-Control": "private, max-age=3600"})
+        return self._error(HTTPStatus.NOT_FOUND, "not found")
+
+    # ---------------------------------------------------------------- POST
+
+    def do_POST(self) -> None:
+        if not self._host_ok():
+            return self._error(HTTPStatus.FORBIDDEN, "unexpected Host header")
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "POST bodies must be application/json")
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_BODY:
+            return self._error(HTTPStatus.BAD_REQUEST, "missing or too large Content-Length")
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+        except ValueError as e:
+            return self._error(HTTPStatus.BAD_REQUEST, f"malformed JSON body: {e}")
+        store = self.server.store
+        path = urlsplit(self.path).path
+        try:
+            if path == "/api/answer":
+                store.answer(
+                    _int(body, "ann_id"), _int(body, "index"), _int(body, "label"), _number(body, "seconds")
+                )
+            elif path == "/api/flag":
+                store.flag(_int(body, "ann_id"), body.get("reason", "bad_box"))
+            elif path == "/api/undo":
+                store.undo()
+            else:
+                return self._error(HTTPStatus.NOT_FOUND, "not found")
+        except ConflictError as e:
+            return self._json(HTTPStatus.CONFLICT, {"error": str(e), "state": store.snapshot()})
+        except ValueError as e:
+            return self._error(HTTPStatus.BAD_REQUEST, str(e))
+        except OSError as e:  # the disk refused the journal write: the answer was not recorded
+            logger.error("could not record %s: %s", path, e)
+            return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"could not save: {e}")
+        return self._json(HTTPStatus.OK, store.snapshot())
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    v = body.get(key)
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"'{key}' must be an integer, got {v!r}")
+    return v
+
+
+def _number(body: dict[str, Any], key: str) -> float:
+    v = body.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise ValueError(f"'{key}' must be a number, got {v!r}")
+    return float(v)
