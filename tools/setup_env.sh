@@ -57,6 +57,27 @@ fi
 
 pip_install -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
 
+# Optional: headless Chromium and its driver for the annotation tool's browser test
+# (tests/annotation/test_browser.py, which is skipped without them). Never fails the set-up.
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1 || [ "$(id -u)" != 0 ]; then
+        log "chromium: not installed, and apt-get is unavailable or this is not root: skipped (the browser" \
+            "test will be skipped; install Debian's chromium and chromium-driver to run it)"
+        return 0
+    fi
+    log "chromium: apt-get install chromium chromium-driver (for the annotation tool's browser test)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; then
+        # Fresh machines may have no package lists yet.
+        { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+            || log "chromium: apt-get failed: skipped (the browser test will be skipped)"
+    fi
+}
+install_chromium
+
 d2_importable() { "$PY" -c "import detectron2" >/dev/null 2>&1; }
 github_reachable() {
     command -v git >/dev/null 2>&1 \
