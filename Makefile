@@ -3,10 +3,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup:
 	@bash tools/setup_env.sh $(VENV)
+
+## Set-up, then the main job: masks vs P10 on real nuclei data, trained on CPU (tools/demo.py).
+demo: setup
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 ## Set-up, then the whole test suite (the README's test command; .ci/run calls it).
 test: setup

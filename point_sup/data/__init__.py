@@ -4,7 +4,7 @@ Importing this package registers the builtin point-supervised datasets (:mod:`.b
 """
 
 from . import builtin  # noqa: F401  (registers the builtin datasets)
-from .builtin import POINT_SUP_DATASET_PAIRS, register_all_point_sup, register_nuclei
+from .builtin import POINT_SUP_DATASET_PAIRS, register_all_point_sup, register_nuclei, register_nuclei_files
 from .checks import check_point_supervision
 from .dataset_mapper import PointSupDatasetMapper, transform_point_annotations
 from .datasets import (
@@ -24,5 +24,6 @@ __all__ = [
     "register_coco_instances_with_points",
     "register_lvis_instances_with_points",
     "register_nuclei",
+    "register_nuclei_files",
     "transform_point_annotations",
 ]

@@ -35,11 +35,13 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
 from .datasets import register_coco_instances_with_points, register_lvis_instances_with_points
 from .nuclei import build_nuclei_coco
+from .point_simulation import write_point_annotation_file
 
 __all__ = [
     "POINT_SUP_DATASET_PAIRS",
     "register_all_point_sup",
     "register_nuclei",
+    "register_nuclei_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -135,28 +137,66 @@ def register_all_point_sup(root: str | os.PathLike) -> None:
         register(name, metadata, os.path.join(root, json_rel), os.path.join(root, image_rel))
 
 
-def register_nuclei(root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Build the nuclei COCO dataset under ``root`` and register ``nuclei_train`` / ``nuclei_val``.
+NUCLEI_DIR = "nuclei"  # under $DETECTRON2_DATASETS
 
+
+def register_nuclei(
+    root: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    num_points: int = 10,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Build the nuclei dataset under ``root`` and register its mask and P_N versions.
+
+    Registered names: ``nuclei_train`` and ``nuclei_val`` (masks; compressed RLE, so use
+    ``INPUT.MASK_FORMAT = "bitmask"``), and ``nuclei_train_p{N}`` / ``nuclei_val_p{N}``: P_N
+    simulated from those masks with point_sup's simulator (``num_points``, ``seed``), without masks.
     Unlike the builtin sets this writes files (:func:`point_sup.data.nuclei.build_nuclei_coco`, which
-    needs the cached or downloadable stardist wheel). Both splits carry masks (compressed RLE, so use
-    ``INPUT.MASK_FORMAT = "bitmask"``); a P_N version of ``nuclei_train`` is registered with
-    :func:`point_sup.data.register_coco_instances_with_points` once the simulator has written it.
-    Registering again (e.g. under another ``root``) replaces the previous registration.
+    needs the cached or downloadable stardist wheel). Registering again (e.g. under another
+    ``root``) replaces the previous registration. Built under ``$DETECTRON2_DATASETS/nuclei``, the
+    dataset is registered again by every later ``import point_sup`` (:func:`register_nuclei_files`),
+    so ``tools/train_net.py`` finds it.
 
     Returns:
-        the paths of :func:`build_nuclei_coco`: ``{"train": json, "val": json, "image_root": dir}``.
+        ``{"train": json, "val": json, "train_p{N}": json, "val_p{N}": json, "image_root": dir}``.
     """
     paths = build_nuclei_coco(root, cache_dir)
     for split in ("train", "val"):
-        name = f"nuclei_{split}"
-        if name in DatasetCatalog:
-            DatasetCatalog.remove(name)
-            MetadataCatalog.pop(name, None)
-        register_coco_instances(
-            name, {"thing_classes": ["nucleus"]}, str(paths[split]), str(paths["image_root"])
-        )
+        p_json = paths[split].with_name(f"nuclei_{split}_p{num_points}.json")
+        write_point_annotation_file(paths[split], p_json, num_points=num_points, seed=seed)
+        paths[f"{split}_p{num_points}"] = p_json
+    register_nuclei_files(root, replace=True)
     return paths
 
 
+def register_nuclei_files(root: str | os.PathLike, replace: bool = False) -> list[str]:
+    """Register the nuclei dataset files that exist under ``root`` (see :func:`register_nuclei`).
+
+    Reads nothing but the directory listing. Returns the names registered.
+    """
+    ann_dir = Path(root) / "annotations"
+    image_root = str(Path(root) / "images")
+    metadata = {"thing_classes": ["nucleus"]}
+    names = []
+    for path in sorted(ann_dir.glob("nuclei_*.json")) if ann_dir.is_dir() else []:
+        name = path.stem
+        if name in DatasetCatalog:
+            if not replace:
+                continue
+            _unregister(name)
+        if "_p" in name:
+            register_coco_instances_with_points(name, metadata, str(path), image_root)
+        else:
+            register_coco_instances(name, metadata, str(path), image_root)
+        names.append(name)
+    return names
+
+
+def _unregister(name: str) -> None:
+    if name in DatasetCatalog:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.pop(name, None)
+
+
 register_all_point_sup(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_nuclei_files(os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), NUCLEI_DIR))
