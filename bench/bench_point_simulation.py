@@ -147,8 +147,10 @@ _MEASURE = r"""
 import os, sys, threading, time, json, resource
 import numpy as np
 src, dst, workers, num_points = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-from point_sup.data.coco_json import dumps_json, load_coco_instances, read_json
-from point_sup.data.point_simulation import make_worker_pool, simulate_point_annotations
+from point_sup.data.coco_json import load_coco_instances, read_json
+from point_sup.data.point_simulation import (
+    dumps_point_annotations, make_worker_pool, simulate_point_annotations
+)
 from point_sup.utils.file_io import atomic_write_bytes
 
 def pss(pid):
@@ -202,12 +204,7 @@ samples, stats = simulate_point_annotations(
     inst, num_points=num_points, seed=0, pool=pool, drop_segmentation=True
 )
 t_sim = time.perf_counter() - t0 - t_load
-s = samples[0]
-coords, labels = s.coords.tolist(), s.labels.tolist()
-for i, ann in enumerate(inst.annotations):
-    ann["point_coords"] = coords[i] if s.has_points[i] else []
-    ann["point_labels"] = labels[i] if s.has_points[i] else []
-atomic_write_bytes(dst, dumps_json(inst.data))
+atomic_write_bytes(dst, dumps_point_annotations(inst, samples[0]))
 total = time.perf_counter() - t0
 if pool is not None:
     pool.terminate()

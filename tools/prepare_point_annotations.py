@@ -23,11 +23,15 @@ from pathlib import Path
 from point_sup.data.coco_json import (
     CocoFormatError,
     coco_dict_from_catalog,
-    dumps_json,
     load_coco_instances,
     validate_coco_instances,
 )
-from point_sup.data.point_simulation import annotation_time, make_worker_pool, simulate_point_annotations
+from point_sup.data.point_simulation import (
+    annotation_time,
+    dumps_point_annotations,
+    make_worker_pool,
+    simulate_point_annotations,
+)
 from point_sup.utils.file_io import StagedFiles
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
@@ -180,16 +184,10 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
         logger.error("%s", e)
         return 1
 
-    anns = instances.annotations
     # Nothing is written unless every version was produced (no partial output, ever).
     with StagedFiles() as staged:
         for path, s in zip(outputs, samples, strict=True):
-            coords, labels = s.coords.tolist(), s.labels.tolist()
-            for i, ann in enumerate(anns):
-                has = s.has_points[i]
-                ann["point_coords"] = coords[i] if has else []
-                ann["point_labels"] = labels[i] if has else []
-            staged.write(path, dumps_json(instances.data))
+            staged.write(path, dumps_point_annotations(instances, s))
 
     logger.info(
         "%d annotations (%d polygon, %d RLE, %d crowd): %d with %d points each; %d boxes clipped to "

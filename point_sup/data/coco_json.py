@@ -227,8 +227,102 @@ def validate_coco_instances(
             raise fail(f"duplicate category id {cid}")
         categories[cid] = cat
 
+    anns = data["annotations"]
+    if not _annotations_pass_fast_checks(anns, images, categories, require_segmentation, check_points, fail):
+        _check_annotations(anns, images, categories, require_segmentation, check_points, fail)
+    return CocoInstances(data=data, source=source, images=images, categories=categories)
+
+
+class _Missing:
+    """Stands for an absent key (``None`` is a value a file can hold)."""
+
+
+_MISSING = _Missing()
+
+
+def _annotations_pass_fast_checks(
+    anns: list[Any],
+    images: dict[int, dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
+    require_segmentation: bool,
+    check_points: bool,
+    fail,
+) -> bool:
+    """The annotation checks of :func:`validate_coco_instances` in one tight loop (about 3x faster).
+
+    The tests are *sufficient* conditions: True means :func:`_check_annotations` accepts every
+    annotation; False means it may not, and the caller runs it to report the first problem in file
+    order with its usual wording. (Exact types are required, so a few valid inputs take the slow
+    path too, e.g. float ids or ``iscrowd`` given as ``true``.) RLEs and existing points, usually
+    rare, are checked afterwards by the same functions as in the slow path.
+    """
     seen: set[int] = set()
-    for ann in data["annotations"]:
+    add = seen.add
+    isfinite = math.isfinite
+    number = (int, float)
+    others: list[tuple[dict[str, Any], Any]] = []  # RLE segmentations or points, checked after
+    try:
+        for ann in anns:
+            if type(ann) is not dict:
+                return False
+            aid = ann.get("id")
+            if type(aid) is not int or aid in seen or aid < 0 or aid >= 2**63:
+                return False
+            add(aid)
+            iid = ann.get("image_id")
+            cid = ann.get("category_id")
+            if type(iid) is not int or type(cid) is not int or iid not in images or cid not in categories:
+                return False
+            box = ann.get("bbox")
+            if type(box) is not list or len(box) != 4:
+                return False
+            x, y, w, h = box
+            if (
+                type(x) not in number
+                or type(y) not in number
+                or type(w) not in number
+                or type(h) not in number
+            ):
+                return False
+            if not (isfinite(x) and isfinite(y) and isfinite(w) and isfinite(h)) or w < 0 or h < 0:
+                return False
+            crowd = ann.get("iscrowd", 0)
+            if type(crowd) is not int or (crowd != 0 and crowd != 1):
+                return False
+            segm = ann.get("segmentation", _MISSING)
+            if type(segm) is list:
+                for part in segm:
+                    if type(part) is not list or len(part) & 1:
+                        return False
+            elif segm is _MISSING:
+                if require_segmentation:
+                    return False
+            else:
+                others.append((ann, segm))
+            if check_points and ("point_coords" in ann or "point_labels" in ann):
+                others.append((ann, _MISSING))
+        for ann, segm in others:
+            img = images[ann["image_id"]]
+            if segm is _MISSING:
+                _check_points(ann, img["height"], img["width"], fail)
+            else:
+                _check_segmentation(segm, img["height"], img["width"], fail)
+    except (CocoFormatError, OverflowError):
+        return False
+    return True
+
+
+def _check_annotations(
+    anns: list[Any],
+    images: dict[int, dict[str, Any]],
+    categories: dict[int, dict[str, Any]],
+    require_segmentation: bool,
+    check_points: bool,
+    fail,
+) -> None:
+    """The annotation checks of :func:`validate_coco_instances`, one annotation after the other."""
+    seen: set[int] = set()
+    for ann in anns:
         if not isinstance(ann, dict):
             raise fail(f"an entry of 'annotations' is a {type(ann).__name__}, not an object")
         aid = ann.get("id")
@@ -263,7 +357,6 @@ def validate_coco_instances(
             raise fail("no 'segmentation' (a mask is needed to label points)", iid, aid)
         if check_points and ("point_coords" in ann or "point_labels" in ann):
             _check_points(ann, img["height"], img["width"], lambda m, i=iid, a=aid: fail(m, i, a))
-    return CocoInstances(data=data, source=source, images=images, categories=categories)
 
 
 def _check_segmentation(segm: Any, h: int, w: int, fail) -> None:
@@ -286,7 +379,9 @@ def _check_segmentation(segm: Any, h: int, w: int, fail) -> None:
         raise fail(f"RLE size {size!r} differs from the image's [height, width] = [{h}, {w}]")
     if kind == "rle":
         counts = segm["counts"]
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        if not (set(map(type, counts)) <= {int} and (not counts or min(counts) >= 0)) and not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
+        ):  # (the first test is the fast one: exact ints)
             raise fail("uncompressed RLE counts must be non-negative integers")
         if sum(counts) != h * w:
             raise fail(f"RLE counts sum to {sum(counts)}, expected height * width = {h * w}")

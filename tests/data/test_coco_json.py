@@ -80,6 +80,25 @@ def test_bad_input_names_the_record(mutate, pattern):
         validate_coco_instances(broken(mutate), source="bad.json")
 
 
+def test_first_problem_in_file_order_and_valid_inputs_off_the_fast_path():
+    data = broken(lambda d: d["annotations"][1].update(bbox=[0, 0, -1, 1]))
+    data["annotations"][2]["image_id"] = 99
+    data["annotations"][0]["segmentation"] = {"size": [10, 20], "counts": [5, 3]}
+    with pytest.raises(CocoFormatError, match=r"annotation id=1.*sum to 8"):
+        validate_coco_instances(data)
+    # Valid, but not of the exact types the fast checks expect: accepted by the per-annotation ones.
+    data = broken(lambda d: d["annotations"][0].update(iscrowd=True))
+    validate_coco_instances(data)
+    data["annotations"][1]["segmentation"]["counts"] = [5, True, 194]  # a bool is no count
+    with pytest.raises(CocoFormatError, match=r"annotation id=2.*non-negative integers"):
+        validate_coco_instances(data)
+    big = {**GOOD, "annotations": [dict(GOOD["annotations"][0], id=i) for i in range(500)]}
+    big["annotations"][400]["segmentation"] = [[1, 1, 6, 1, "6", 6]]  # checked by flatten_polygons
+    big["annotations"][300] = dict(big["annotations"][300], bbox=[0, 0, 1, float("inf")])
+    with pytest.raises(CocoFormatError, match=r"annotation id=300.*non-finite"):
+        validate_coco_instances(big)
+
+
 def test_integral_float_sizes_and_existing_points_are_accepted():
     data = broken(lambda d: d["images"][0].update(height=10.0))
     data["annotations"][0].update(point_coords=[[2, 3], [19, 9]], point_labels=[1, 0])

@@ -10,8 +10,10 @@ from point_sup.data.coco_json import CocoFormatError, validate_coco_instances
 from point_sup.data.point_simulation import (
     annotation_keys,
     annotation_time,
+    apply_point_samples,
     boundary_sq_distances,
     decode_rle_counts,
+    dumps_point_annotations,
     mask_region,
     polygon_labels,
     rle_labels,
@@ -368,6 +370,45 @@ def test_bad_coordinates_and_rle_name_the_annotation():
     rle["segmentation"]["counts"] = rle["segmentation"]["counts"][:-1] + "o"  # wrong total
     with pytest.raises(CocoFormatError, match=f"annotation id={rle['id']}.*RLE"):
         simulate(data, workers=2, chunk_size=2)
+
+
+def test_first_bad_annotation_in_file_order_for_any_workers_and_chunks():
+    # A bad polygon (found while reading) after a bad RLE (found by the worker) in the same chunk,
+    # and another bad polygon in a later chunk: the RLE is reported, whatever the chunking.
+    data = make_dataset(np.random.default_rng(13), num_images=3, per_image=6)
+    anns = data["annotations"]
+    k = next(i for i, a in enumerate(anns) if isinstance(a["segmentation"], dict) and i + 1 < len(anns) - 1)
+    anns[k]["segmentation"] = {"size": anns[k]["segmentation"]["size"], "counts": [1, 2]}
+    later = [i for i, a in enumerate(anns) if isinstance(a["segmentation"], list) and i > k]
+    for i in later[:1] + later[-1:]:
+        anns[i]["segmentation"][0][1] = "x" if i == later[0] else None
+    for workers, chunk_size in ((1, 2048), (2, 1), (2, later[0] + 1), (2, 5)):
+        with pytest.raises(CocoFormatError, match=f"annotation id={anns[k]['id']}.*RLE counts sum"):
+            simulate(data, workers=workers, chunk_size=chunk_size)
+    h, w = anns[k]["segmentation"]["size"]
+    anns[k]["segmentation"]["counts"] = [h * w]
+    for workers, chunk_size in ((1, 2048), (2, 1), (2, 4)):
+        with pytest.raises(CocoFormatError, match=f"annotation id={anns[later[0]]['id']}.*finite numbers"):
+            simulate(data, workers=workers, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("num_points", [1, 3])
+def test_dumps_point_annotations_equals_lists_then_dumps(num_points):
+    import copy
+
+    from point_sup.data.coco_json import dumps_json
+
+    data = make_dataset(np.random.default_rng(14), num_images=3, per_image=5)
+    data["annotations"][2]["bbox"] = [1.0, 1.0, 0.0, 3.0]  # no points: empty lists
+    inst = validate_coco_instances(copy.deepcopy(data))
+    (s,), _ = simulate_point_annotations(inst, num_points=num_points, drop_segmentation=True)
+    assert not s.has_points[2]
+    fast = dumps_point_annotations(inst, s)
+    apply_point_samples(inst, s)
+    assert fast == dumps_json(inst.data)
+    empty = validate_coco_instances({"images": [], "annotations": [], "categories": []})
+    (e,), _ = simulate_point_annotations(empty)
+    assert dumps_point_annotations(empty, e) == b'{"images":[],"annotations":[],"categories":[]}'
 
 
 def test_annotation_time_model():
