@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--output", default="output/demo", help="directory for data, models, picture")
+    parser.add_argument("--output", default="output/demo", help="directory for models and the picture")
     parser.add_argument("--iters", type=int, default=200, help="training iterations per model")
     parser.add_argument("--seed", type=int, default=0, help="seed of the point simulation and of training")
     return parser.parse_args(argv)
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output)
     t0 = time.time()
     logger.info("[1/4] building the nuclei dataset and simulating P10 annotations")
-    register_nuclei(out / "data", seed=args.seed)
+    # Under $DETECTRON2_DATASETS/nuclei, so tools/train_net.py finds the nuclei sets afterwards too.
+    register_nuclei(Path(os.getenv("DETECTRON2_DATASETS", "datasets")) / "nuclei", seed=args.seed)
     num_train = sum(len(r["annotations"]) for r in DatasetCatalog.get("nuclei_train"))
 
     results, predictors = {}, {}

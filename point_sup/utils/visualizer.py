@@ -33,6 +33,8 @@ def draw_points(image_rgb: np.ndarray, annotations: list[dict], metadata=None, r
     vis = _visualizer(image_rgb, metadata)
     radius = radius or max(2.0, 0.006 * max(image_rgb.shape[:2]))
     names = metadata.get("thing_classes", None) if metadata is not None else None
+    if names is not None and len(names) == 1:
+        names = None  # one class: names would only hide the points
     for ann in annotations:
         x0, y0, x1, y1 = BoxMode.convert(
             ann["bbox"], ann.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYXY_ABS

@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Whole-model train-step time and peak memory: the three point_sup heads vs Detectron2's mask head.
+
+    python bench/bench_train_step.py                       # CPU, nuclei miniature model (R18-FPN)
+    python bench/bench_train_step.py --device cuda --config configs/COCO/mask_rcnn_R_50_FPN_3x_M.yaml
+
+Every variant is the same Mask R-CNN (backbone, RPN, box head, batch, images) with only the mask
+head and its supervision changed:
+
+* ``standard (M)``: Detectron2's ``MaskRCNNConvUpsampleHead`` trained from masks (the baseline);
+* ``mask_rcnn (P10)``: ``PointSupMaskRCNNConvUpsampleHead`` trained from 10 points per object;
+* ``point_rend (P10)``: ``PointSupPointRendMaskHead`` trained from points;
+* ``implicit_point_rend (P10)``: ``PointSupImplicitPointRendMaskHead`` (paper-faithful parameter
+  head) and ``implicit_point_rend light (P10)`` (point_sup's lighter option).
+
+Each variant runs in its own process (so that peak memory is its own: max RSS on CPU,
+``torch.cuda.max_memory_allocated`` on GPU) on the same real nuclei batches, after warm-up steps.
+Printed: median step time, peak memory, and both as ratios to the baseline measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_RENDER = ["MODEL.ROI_MASK_HEAD.POOLER_TYPE", "", "MODEL.ROI_MASK_HEAD.POINT_HEAD_ON", True]
+_IMPLICIT = [*_RENDER, "MODEL.POINT_HEAD.SUBDIVISION_STEPS", 3]
+# name -> (mask head, trained from points, config overrides)
+VARIANTS: dict[str, tuple[str, bool, list]] = {
+    "standard (M)": ("MaskRCNNConvUpsampleHead", False, []),
+    "mask_rcnn (P10)": ("PointSupMaskRCNNConvUpsampleHead", True, []),
+    "point_rend (P10)": ("PointSupPointRendMaskHead", True, _RENDER),
+    "implicit_point_rend (P10)": ("PointSupImplicitPointRendMaskHead", True, _IMPLICIT),
+    "implicit_point_rend light (P10)": ("PointSupImplicitPointRendMaskHead", True, [*_IMPLICIT, "LIGHT"]),
+}
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict:
+    """In this process: build the variant, run warm-up + timed steps, return its measurements."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    from point_sup.data import register_nuclei
+    from point_sup.engine import PointSupTrainer
+    from point_sup.engine.experiment import load_config
+    from point_sup.modeling.implicit_point_rend import LIGHT_VARIANT_OVERRIDES
+
+    torch.set_num_threads(args.threads)
+    head, point_sup, extra = VARIANTS[name]
+    if extra and extra[-1] == "LIGHT":
+        extra = [*extra[:-1], *LIGHT_VARIANT_OVERRIDES]
+    register_nuclei(Path(args.data) / "nuclei")
+    overrides = [
+        "MODEL.DEVICE", args.device,
+        "MODEL.ROI_MASK_HEAD.NAME", head,
+        "INPUT.POINT_SUP", point_sup,
+        "DATASETS.TRAIN", ("nuclei_train_p10",) if point_sup else ("nuclei_train",),
+        "DATASETS.TEST", (),
+        "SOLVER.IMS_PER_BATCH", args.batch,
+        "MODEL.ROI_HEADS.NUM_CLASSES", 1,
+        "MODEL.POINT_HEAD.NUM_CLASSES", 1,
+        "MODEL.WEIGHTS", "",
+        "INPUT.MASK_FORMAT", "bitmask",
+        "INPUT.MIN_SIZE_TRAIN", (args.size,),
+        "INPUT.MAX_SIZE_TRAIN", int(args.size * 4 / 3) + 1,
+        "DATALOADER.NUM_WORKERS", 0,
+        "OUTPUT_DIR", str(Path(args.data) / "bench_out"),
+        *extra,
+    ]  # fmt: skip
+    cfg = load_config(args.config, overrides)
+    cfg.freeze()
+    trainer = PointSupTrainer(cfg)
+    times = []
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        for i in range(args.warmup + args.steps):
+            trainer.iter = i
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            trainer.run_step()
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    params = sum(p.numel() for p in trainer.model.roi_heads.mask_head.parameters())
+    return {"step_s": statistics.median(times), "peak_mib": peak, "mask_head_params": params}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=str(ROOT / "configs/nuclei/Base-nuclei-R18-FPN.yaml"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=256, help="shorter image side")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", default=os.environ.get("DETECTRON2_DATASETS", "datasets"))
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(run_variant(args.worker, args)), flush=True)
+        return
+    results = {}
+    for name in args.variants:
+        cmd = [sys.executable, __file__, "--worker", name, *sys.argv[1:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
+        print(f"measured {name}: {results[name]}", file=sys.stderr, flush=True)
+    base = results.get("standard (M)")
+    print(f"\ntrain step, {args.device}, batch {args.batch}, shorter side {args.size}, config {args.config}")
+    print(f"{'variant':<34}{'step (s)':>10}{'x std':>8}{'peak MiB':>10}{'x std':>8}{'mask-head params':>18}")
+    for name, r in results.items():
+        rs = r["step_s"] / base["step_s"] if base else float("nan")
+        rm = r["peak_mib"] / base["peak_mib"] if base else float("nan")
+        print(
+            f"{name:<34}{r['step_s']:>10.3f}{rs:>8.2f}{r['peak_mib']:>10.0f}{rm:>8.2f}{r['mask_head_params']:>18,}"
+        )
+
+
+if __name__ == "__main__":
+    main()
