@@ -87,6 +87,9 @@ def convert_point_annotations(dataset_dicts: list[dict], source: str) -> list[di
                 missing = POINT_ANNOTATION_KEYS[has.index(False)]
                 raise ValueError(f"{_where(source, record, anno)}: has point annotations but no '{missing}'")
             entries.append((record, anno))
+    if not entries:  # e.g. a mask-annotated file: nothing to convert
+        logger.info(f"No point annotations in {source}")
+        return dataset_dicts
     # Validate all points at once (a per-annotation loop takes minutes on COCO's 860k instances);
     # on any problem, the per-annotation validator finds the annotation and words the error.
     coords, labels, offsets = _concatenate(entries)

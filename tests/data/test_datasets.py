@@ -197,3 +197,19 @@ def test_annotations_without_points_are_left_alone():
     assert "point_coords" not in record["annotations"][0]
     assert record["annotations"][1]["point_coords"].shape == (0, 2)
     assert record["annotations"][1]["point_labels"].shape == (0,)
+
+
+def test_file_without_points_loads_unchanged(tmp_path):
+    """A mask-only COCO file registered with the point loader loads as Detectron2's loader would."""
+    from detectron2.data.datasets import load_coco_json
+
+    from point_sup.data.datasets import load_coco_json_with_points
+    from point_sup.data.nuclei import build_nuclei_coco
+
+    paths = build_nuclei_coco(tmp_path)
+    ours = load_coco_json_with_points(str(paths["val"]), str(paths["image_root"]))
+    ref = load_coco_json(str(paths["val"]), str(paths["image_root"]))
+    assert len(ours) == len(ref) and sum(len(r["annotations"]) for r in ours) > 0
+    for a, b in zip(ours, ref, strict=True):
+        assert [x["bbox"] for x in a["annotations"]] == [x["bbox"] for x in b["annotations"]]
+        assert all("point_coords" not in x for x in a["annotations"])
