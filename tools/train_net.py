@@ -8,6 +8,8 @@ Single GPU:      python tools/train_net.py --config-file configs/COCO/mask_rcnn_
 CPU, 2 processes (gloo): python tools/train_net.py --num-gpus 2 --config-file ... MODEL.DEVICE cpu
 Evaluate a checkpoint:   python tools/train_net.py --eval-only --config-file ... MODEL.WEIGHTS model.pth
 Resume after a stop:     python tools/train_net.py --resume --config-file ...  (same OUTPUT_DIR)
+Your own data:           python tools/train_net.py --register my_p10 points.json my_images/ \\
+                             --config-file ... DATASETS.TRAIN "('my_p10',)" MODEL.ROI_HEADS.NUM_CLASSES 3
 
 Trailing ``KEY VALUE`` pairs override the config. The tool keeps Detectron2's shape
 (``setup(args)``, ``Trainer``, ``main(args)``), so it can be driven from Python as well.
@@ -19,11 +21,12 @@ import argparse
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 
 import point_sup  # noqa: F401  (registers point_sup's heads, datasets and mapper)
-from point_sup import add_point_sup_config
+from point_sup import add_point_sup_config, register_coco_instances_with_points
 from point_sup.engine import PointSupTrainer
 
 
@@ -42,7 +45,17 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
+def register_datasets(args: argparse.Namespace) -> None:
+    """``--register NAME JSON IMAGE_ROOT``: COCO-format files (points and/or masks) of the user's own."""
+    for name, json_file, image_root in getattr(args, "register", None) or []:
+        if name in DatasetCatalog.list():  # main() may run twice in one process (tests, notebooks)
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances_with_points(name, {}, json_file, image_root)
+
+
 def main(args: argparse.Namespace):
+    register_datasets(args)  # in every process of a multi-GPU run
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -59,8 +72,21 @@ def main(args: argparse.Namespace):
     return trainer.train()
 
 
+def argument_parser() -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` plus ``--register``."""
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--register",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset (P_N points and/or masks) under NAME; repeatable",
+    )
+    return parser
+
+
 def invoke_main() -> None:
-    args = default_argument_parser(epilog=__doc__).parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

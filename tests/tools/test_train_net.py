@@ -42,15 +42,20 @@ def test_tool_shape_and_python_driven_run(nuclei_datasets, tiny_overrides, tmp_p
     """setup(args) / Trainer / main(args), driven from Python: trains, checkpoints, evaluates."""
     train_net = _load_train_net()
     assert issubclass(train_net.Trainer, train_net.PointSupTrainer)
-    args = train_net.default_argument_parser().parse_args(
-        ["--config-file", str(P10_CONFIG), *_opts(tiny_overrides, tmp_path, **{"SOLVER.MAX_ITER": 2})]
+    # --register: a user's own P_N file (here the simulated nuclei one) under a new name.
+    user_json, images = nuclei_datasets["train_p10"], nuclei_datasets["image_root"]
+    opts = _opts(tiny_overrides, tmp_path, **{"SOLVER.MAX_ITER": 2, "DATASETS.TRAIN": "('user_p10',)"})
+    args = train_net.argument_parser().parse_args(
+        ["--register", "user_p10", str(user_json), str(images), "--config-file", str(P10_CONFIG), *opts]
     )
+    train_net.register_datasets(args)
     cfg = train_net.setup(args)
     assert cfg.INPUT.POINT_SUP and cfg.MODEL.ROI_MASK_HEAD.NAME == "PointSupMaskRCNNConvUpsampleHead"
+    assert cfg.DATASETS.TRAIN == ("user_p10",)
     train_net.main(args)
     assert (tmp_path / "model_final.pth").is_file()
     # --eval-only on the saved checkpoint reports COCO mask AP on the held-out region.
-    args = train_net.default_argument_parser().parse_args(
+    args = train_net.argument_parser().parse_args(
         ["--config-file", str(P10_CONFIG), "--eval-only",
          *_opts(tiny_overrides, tmp_path, **{"MODEL.WEIGHTS": tmp_path / "model_final.pth"})]
     )  # fmt: skip
