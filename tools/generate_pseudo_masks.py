@@ -13,9 +13,7 @@ is a COCO-format instances JSON (compressed RLE masks) for the second-stage conf
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import tempfile
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -26,7 +24,9 @@ from detectron2.utils.logger import setup_logger
 
 import point_sup  # noqa: F401  (registers point_sup's heads and datasets)
 from point_sup import add_point_sup_config
+from point_sup.data.coco_json import dumps_json
 from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
+from point_sup.utils.file_io import atomic_write_bytes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,11 +54,8 @@ def main(argv: list[str] | None = None) -> str:
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     records = predict_pseudo_masks(model, DatasetCatalog.get(args.dataset), cfg.INPUT.FORMAT, resize)
     coco = pseudo_mask_coco_dict(args.dataset, records)
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=out_dir, suffix=".tmp", delete=False) as f:
-        json.dump(coco, f)
-    os.replace(f.name, args.output)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    atomic_write_bytes(args.output, dumps_json(coco))
     logger.info(
         f"wrote {len(coco['annotations'])} pseudo masks for {len(coco['images'])} images to {args.output}"
     )

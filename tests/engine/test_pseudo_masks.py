@@ -1,0 +1,102 @@
+"""Self-training (paper §3.3.2): one pseudo mask per ground-truth box, inside it; stage 2 trains on them."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.datasets import register_coco_instances
+from detectron2.modeling import build_model
+from pycocotools import mask as mask_util
+
+from point_sup.engine import PointSupTrainer
+from point_sup.engine.experiment import load_config
+from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
+from point_sup.utils.file_io import atomic_write_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def p10_model_cfg(nuclei_datasets, tiny_overrides, tmp_path):
+    cfg = load_config(str(ROOT / "configs/nuclei/mask_rcnn_R_18_FPN_P10.yaml"), tiny_overrides)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    return cfg
+
+
+def test_pseudo_masks_one_per_box_inside_it(p10_model_cfg, nuclei_datasets, tmp_path):
+    cfg = p10_model_cfg
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    records = DatasetCatalog.get("nuclei_train_p10")
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    out = predict_pseudo_masks(model, records, cfg.INPUT.FORMAT, resize)
+    assert len(out) == len(records)
+    for rec, new in zip(records, out, strict=True):
+        gt = [a for a in rec["annotations"] if a.get("iscrowd", 0) == 0]
+        assert len(new["annotations"]) == len(gt) > 0
+        for a_gt, a in zip(gt, new["annotations"], strict=True):
+            assert a["bbox"] == a_gt["bbox"] and a["category_id"] == a_gt["category_id"]
+            assert "point_coords" not in a
+            m = mask_util.decode(a["segmentation"]).astype(bool)
+            assert m.shape == (rec["height"], rec["width"])
+            x, y, w, h = a["bbox"]
+            outside = m.copy()
+            # pasted masks may touch the pixel straddling the box edge: allow one pixel
+            outside[
+                max(int(y) - 1, 0) : int(np.ceil(y + h)) + 1, max(int(x) - 1, 0) : int(np.ceil(x + w)) + 1
+            ] = False
+            assert not outside.any()
+
+    # The COCO file of the pseudo masks trains the second-stage (mask-supervised) config.
+    coco = pseudo_mask_coco_dict("nuclei_train_p10", out)
+    assert len(coco["annotations"]) == sum(len(r["annotations"]) for r in out)
+    assert [c["name"] for c in coco["categories"]] == ["nucleus"]
+    json_path = tmp_path / "pseudo.json"
+    atomic_write_bytes(json_path, json.dumps(coco).encode())
+    name = "test_nuclei_pseudo_masks"
+    register_coco_instances(name, {}, str(json_path), "")
+    try:
+        stage2 = load_config(
+            str(ROOT / "configs/COCO/mask_rcnn_R_50_FPN_3x_self_training.yaml"),
+            [
+                *cfg_overrides(cfg),
+                "DATASETS.TRAIN",
+                (name,),
+                "DATASETS.TEST",
+                (),
+                "OUTPUT_DIR",
+                str(tmp_path / "s2"),
+            ],
+        )
+        stage2.freeze()
+        trainer = PointSupTrainer(stage2)
+        trainer.train()
+        assert trainer.iter == stage2.SOLVER.MAX_ITER  # detectron2 leaves iter one past the last
+        assert stage2.MODEL.ROI_MASK_HEAD.NAME == "MaskRCNNConvUpsampleHead"  # plain mask supervision
+        assert "loss_mask" in trainer.storage.histories()
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def cfg_overrides(cfg):
+    """The tiny model and input settings of ``cfg`` as overrides for another config file."""
+    keys = [
+        "MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.DEPTH",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP",
+        "MODEL.RESNETS.NORM", "MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_HEADS.NUM_CLASSES",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM",
+        "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MASK_FORMAT", "SOLVER.IMS_PER_BATCH",
+        "SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS", "DATALOADER.NUM_WORKERS",
+    ]  # fmt: skip
+    out = []
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        out += [key, node]
+    return out
