@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Run every speed/memory benchmark of point_sup, one after the other, and keep their reports.
+
+    python bench/run_all.py [--quick] [--device cuda] [--output output/bench]
+
+Each benchmark prints ratios against a baseline measured in the same run (see its docstring):
+
+* bench_point_simulation.py   - P_N simulator vs per-annotation annToMask (100k instances)
+* bench_mask_head_speed.py    - point-loss Mask R-CNN head vs Detectron2's head (head step)
+* bench_implicit_point_rend.py - Implicit PointRend paper-faithful vs light (size, step)
+* bench_train_step.py         - whole-model train step + peak memory, all heads vs the standard one
+
+``--quick`` shrinks each run (fewer instances/repeats) for a smoke test. The accuracy study is
+separate and long: ``bench/miniature_replication.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def benchmarks(device: str, quick: bool) -> list[list[str]]:
+    gpu = [] if device == "cpu" else ["--device", device]
+    return [
+        ["bench_point_simulation.py", *(["--num-instances", "20000"] if quick else [])],
+        ["bench_mask_head_speed.py", *gpu, *(["--repeats", "3"] if quick else [])],
+        ["bench_implicit_point_rend.py", *gpu, *(["--iters", "1"] if quick else [])],
+        ["bench_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--output", default="output/bench", help="directory for one log per benchmark")
+    args = parser.parse_args()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for script, *script_args in benchmarks(args.device, args.quick):
+        print(f"\n=== {script} {' '.join(script_args)}", flush=True)
+        t0 = time.time()
+        with open(out / f"{Path(script).stem}.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE / script), *script_args],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+            for line in proc.stdout:
+                log.write(line)
+                if not line.startswith(("[", "W1", "/")):  # the reports, not the libraries' logs
+                    print(line, end="", flush=True)
+            proc.wait()
+        log_path = out / f"{Path(script).stem}.log"
+        print(f"=== {script}: exit {proc.returncode}, {time.time() - t0:.0f} s, log {log_path}")
+        if proc.returncode:
+            failed.append(script)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
