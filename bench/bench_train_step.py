@@ -27,6 +27,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         "INPUT.MIN_SIZE_TRAIN", (args.size,),
         "INPUT.MAX_SIZE_TRAIN", int(args.size * 4 / 3) + 1,
         "DATALOADER.NUM_WORKERS", 0,
-        "OUTPUT_DIR", str(Path(args.data) / "bench_out"),
+        "OUTPUT_DIR", tempfile.mkdtemp(prefix="point_sup_bench_"),
         *extra,
     ]  # fmt: skip
     cfg = load_config(args.config, overrides)
