@@ -22,6 +22,7 @@ from pathlib import Path
 
 from point_sup.data.coco_json import (
     CocoFormatError,
+    catalog_image_root,
     coco_dict_from_catalog,
     load_coco_instances,
     validate_coco_instances,
@@ -154,6 +155,15 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
             import point_sup  # noqa: F401  (registers point_sup's datasets too)
 
             instances = validate_coco_instances(coco_dict_from_catalog(args.dataset), source=args.dataset)
+            root = catalog_image_root(args.dataset)
+            if root is not None:
+                logger.info(
+                    "file_name of images under %s is written relative to it (register OUTPUT with that "
+                    "image root); of any other image, absolute",
+                    root,
+                )
+            else:
+                logger.info("file_name is absolute (the metadata names no image_root or image_dir)")
         else:
             instances = load_coco_instances(args.paths[0])
         logger.info(

@@ -36,6 +36,7 @@ __all__ = [
     "CocoFormatError",
     "CocoInstances",
     "SegmentationKind",
+    "catalog_image_root",
     "coco_dict_from_catalog",
     "dumps_json",
     "flatten_polygons",
@@ -462,12 +463,34 @@ def load_coco_instances(
     )
 
 
+def catalog_image_root(dataset_name: str) -> str | None:
+    """The image directory that the metadata of a registered dataset names, or None.
+
+    ``image_root`` (COCO-style datasets, :func:`detectron2.data.datasets.register_coco_instances`)
+    or ``image_dir`` (Detectron2's builtin Cityscapes datasets).
+    """
+    from detectron2.data import MetadataCatalog
+
+    meta = MetadataCatalog.get(dataset_name)
+    for key in ("image_root", "image_dir"):
+        root = meta.get(key, None)
+        if isinstance(root, str | os.PathLike) and os.fspath(root):
+            return os.fspath(root)
+    return None
+
+
 def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
     """A dataset registered in Detectron2's ``DatasetCatalog`` as a COCO instances dict.
 
     Uses Detectron2's own ``convert_to_coco_dict`` (boxes to XYWH, dataset category ids restored
     through ``thing_dataset_id_to_contiguous_id`` when the metadata has it); RLE ``counts`` held as
     bytes are decoded to str so that the result is JSON-serializable.
+
+    Detectron2's loaders give each image's full path (e.g.
+    ``datasets/cityscapes/leftImg8bit/train/aachen/x.png``), but a COCO file's ``file_name`` is
+    read relative to the image root it is registered with. So ``file_name`` is written relative to
+    the image directory of the dataset's metadata (:func:`catalog_image_root`) for images under
+    it, and as an absolute path otherwise (no image directory, or an image outside it).
     """
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets.coco import convert_to_coco_dict
@@ -475,6 +498,11 @@ def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
     if dataset_name not in DatasetCatalog.list():
         raise CocoFormatError(f"no dataset named {dataset_name!r} is registered in DatasetCatalog")
     coco = convert_to_coco_dict(dataset_name)
+    root = catalog_image_root(dataset_name)
+    prefix = os.path.join(os.path.abspath(root), "") if root is not None else None  # ends in a separator
+    for img in coco["images"]:
+        path = os.path.abspath(img["file_name"])
+        img["file_name"] = path[len(prefix) :] if prefix and path.startswith(prefix) else path
     for ann in coco["annotations"]:
         segm = ann.get("segmentation")
         if isinstance(segm, dict) and isinstance(segm.get("counts"), bytes):

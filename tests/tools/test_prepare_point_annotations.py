@@ -224,6 +224,43 @@ def test_detectron2_catalog_dataset(tmp_path):
     assert tool.main(["--dataset", "no_such_dataset", str(out), "--no-progress"]) == 1
 
 
+@pytest.mark.parametrize("root_key", ["image_root", "image_dir", None])
+def test_catalog_file_names_are_relative_to_the_image_directory(tmp_path, monkeypatch, caplog, root_key):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    monkeypatch.chdir(tmp_path)
+    # As Detectron2's Cityscapes loader gives them: paths under image_dir, relative to the cwd.
+    inside = "datasets/city/leftImg8bit/train/aachen/a.png"
+    outside = str(tmp_path / "elsewhere" / "b.png")
+    square = {"bbox": [2, 2, 12, 12], "bbox_mode": 0, "category_id": 0, "iscrowd": 0,
+              "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]}  # fmt: skip
+    name = f"point_sup_test_file_names_{root_key}"
+    DatasetCatalog.register(
+        name,
+        lambda: [
+            {"file_name": f, "image_id": k, "height": 30, "width": 40, "annotations": [dict(square)]}
+            for k, f in enumerate([inside, outside, "./datasets/city/leftImg8bitX/c.png"])
+        ],
+    )
+    meta = MetadataCatalog.get(name)
+    meta.thing_classes = ["square"]
+    if root_key is not None:
+        meta.set(**{root_key: "datasets/city/leftImg8bit/"})
+    try:
+        out = tmp_path / "out.json"
+        assert tool.main(["--dataset", name, str(out), "--no-progress"]) == 0
+        names = [img["file_name"] for img in json.loads(out.read_text())["images"]]
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    absolute = [str(tmp_path / inside), outside, str(tmp_path / "datasets/city/leftImg8bitX/c.png")]
+    if root_key is None:
+        assert names == absolute and "names no image_root" in caplog.text
+    else:
+        assert names == ["train/aachen/a.png", *absolute[1:]]
+        assert "datasets/city/leftImg8bit/ is written relative to it" in caplog.text
+
+
 def test_usage_errors_and_help(tmp_path):
     with pytest.raises(SystemExit) as e:
         tool.main([str(tmp_path / "only_one.json")])
