@@ -200,15 +200,27 @@ class _Edges:
     part: np.ndarray  # part index of each edge
 
 
-def _edges(coords: np.ndarray, part_sizes: np.ndarray) -> _Edges:
+def _edge_ends(coords: np.ndarray, part_sizes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Start and end ``(xs, ys, xe, ye)`` of every edge on rleFrPoly's 5x grid (not flipped)."""
     # x[j] = (int)(scale * xy[2j] + .5): C's cast truncates toward zero.
     g = np.trunc(_SCALE * coords + 0.5).astype(np.int64)
-    n = len(g)
-    starts = np.cumsum(part_sizes) - part_sizes
-    nxt = np.arange(1, n + 1)
-    nxt[np.cumsum(part_sizes) - 1] = starts  # each part closes on its first vertex
     xs, ys = g[:, 0], g[:, 1]
-    xe, ye = g[nxt, 0], g[nxt, 1]
+    xe, ye = np.empty_like(xs), np.empty_like(ys)
+    xe[:-1], ye[:-1] = xs[1:], ys[1:]
+    last = np.cumsum(part_sizes) - 1
+    xe[last], ye[last] = xs[last - part_sizes + 1], ys[last - part_sizes + 1]  # parts close
+    return xs, ys, xe, ye
+
+
+def _edges(coords: np.ndarray, part_sizes: np.ndarray) -> _Edges:
+    return _normalized_edges(
+        *_edge_ends(coords, part_sizes), np.repeat(np.arange(len(part_sizes)), part_sizes)
+    )
+
+
+def _normalized_edges(
+    xs: np.ndarray, ys: np.ndarray, xe: np.ndarray, ye: np.ndarray, part: np.ndarray
+) -> _Edges:
     dx, dy = np.abs(xe - xs), np.abs(ye - ys)
     shallow = dx >= dy
     flip = (shallow & (xs > xe)) | (~shallow & (ys > ye))
@@ -217,7 +229,6 @@ def _edges(coords: np.ndarray, part_sizes: np.ndarray) -> _Edges:
     with np.errstate(divide="ignore", invalid="ignore"):
         # dx == dy == 0 gives NaN as in C; such a one-point walk never changes column, so unused.
         s = np.where(shallow, (ye - ys) / dx, (xe - xs) / np.where(shallow, 1, dy))
-    part = np.repeat(np.arange(len(part_sizes)), part_sizes)
     return _Edges(xs, ys, xe, ye, shallow, s, part)
 
 
