@@ -260,13 +260,18 @@ def _crossing_rows(e: _Edges, edge_idx: np.ndarray, cols: np.ndarray, height: np
         xs_, s_, c_ = xs[st], s[st], c[st]
         est = np.floor((c_ + 0.5 - xs_) / s_)
         found = np.full(len(st), np.nan)
+        todo = np.arange(len(st))  # candidates are tried in order, each on the edges still open
         for d in (0.0, -1.0, 1.0, -2.0, 2.0):
-            t = est + d
-            u0 = np.trunc(xs_ + s_ * t + 0.5)
-            u1 = np.trunc(xs_ + s_ * (t + 1) + 0.5)
-            ok = np.isnan(found) & (np.minimum(u0, u1) == c_) & (np.maximum(u0, u1) == c_ + 1)
-            found[ok] = t[ok]
-        if np.isnan(found).any():  # cannot happen for a crossing edge; guard against silent errors
+            x, sl, cc = xs_[todo], s_[todo], c_[todo]
+            t = est[todo] + d
+            u0 = np.trunc(x + sl * t + 0.5)
+            u1 = np.trunc(x + sl * (t + 1) + 0.5)
+            ok = (np.minimum(u0, u1) == cc) & (np.maximum(u0, u1) == cc + 1)
+            found[todo[ok]] = t[ok]
+            todo = todo[~ok]
+            if not len(todo):
+                break
+        if len(todo):  # cannot happen for a crossing edge; guard against silent errors
             raise AssertionError("internal error: polygon edge crossing not found")
         vmin[st] = ys[st] + found
 
@@ -291,8 +296,9 @@ def _edge_query_pairs(
     """
     q_owner = np.repeat(np.arange(len(q_owner_count)), q_owner_count)
     big = np.int64(1) << 32  # > any column index
-    order = np.lexsort((q_cols, q_owner))
-    skey = q_owner[order] * big + q_cols[order]
+    key = q_owner * big + q_cols
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
     edge_owner = part_owner[e.part] * big
     lo = np.minimum(e.xs, e.xe)
     hi = np.maximum(e.xs, e.xe)
