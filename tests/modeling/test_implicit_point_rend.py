@@ -512,40 +512,21 @@ def test_parameter_counts_paper_and_light_variants():
 
 
 # ----------------------------------------------------------------------- inside a tiny Mask R-CNN
-def tiny_model_cfg(point_sup: bool) -> CfgNode:
-    cfg = add_point_sup_config(get_cfg())
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.MASK_ON = True
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "GN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64], [128], [256]]
-    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
-    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 100
-    cfg.MODEL.RPN.POST_NMS_TOPK_TEST = 50
-    cfg.TEST.DETECTIONS_PER_IMAGE = 10  # subdivision to 224² per detection dominates CPU time
-    cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4", "p5"]
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 32
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64
-    cfg.MODEL.ROI_MASK_HEAD.NAME = "PointSupImplicitPointRendMaskHead"
-    cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
-    cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 32
-    cfg.MODEL.ROI_MASK_HEAD.FC_DIM = 64
-    cfg.MODEL.POINT_HEAD.NUM_CLASSES = 3
-    cfg.MODEL.POINT_HEAD.FC_DIM = 32
-    cfg.MODEL.POINT_HEAD.SUBDIVISION_STEPS = 3
-    cfg.INPUT.POINT_SUP = point_sup
-    return cfg
+@pytest.fixture
+def tiny_model_cfg(tiny_cfg):
+    """Factory: the shared tiny R18-FPN config (tests/modeling/conftest.py) with Implicit PointRend."""
+
+    def make(point_sup: bool) -> CfgNode:
+        cfg = tiny_cfg("PointSupImplicitPointRendMaskHead", num_classes=3)
+        cfg.TEST.DETECTIONS_PER_IMAGE = 10  # subdivision to 224² per detection dominates CPU time
+        cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
+        cfg.MODEL.ROI_MASK_HEAD.FC_DIM = 64
+        cfg.MODEL.POINT_HEAD.FC_DIM = 32
+        cfg.MODEL.POINT_HEAD.SUBDIVISION_STEPS = 3
+        cfg.INPUT.POINT_SUP = point_sup
+        return cfg
+
+    return make
 
 
 def tiny_batch(point_sup: bool) -> list[dict]:
@@ -574,7 +555,7 @@ def tiny_batch(point_sup: bool) -> list[dict]:
 
 
 @pytest.mark.parametrize("point_sup", [False, True], ids=["masks", "points"])
-def test_training_step_and_inference_in_tiny_rcnn(point_sup):
+def test_training_step_and_inference_in_tiny_rcnn(point_sup, tiny_model_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_model_cfg(point_sup))
     assert isinstance(model.roi_heads.mask_head, PointSupImplicitPointRendMaskHead)
@@ -597,7 +578,7 @@ def test_training_step_and_inference_in_tiny_rcnn(point_sup):
     assert inst.pred_masks.shape == (len(inst), 64, 64)
 
 
-def test_inference_with_zero_detections_in_tiny_rcnn():
+def test_inference_with_zero_detections_in_tiny_rcnn(tiny_model_cfg):
     cfg = tiny_model_cfg(point_sup=False)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 1.01  # no score can pass
     torch.manual_seed(0)
