@@ -630,7 +630,7 @@ def _read_chunk(
             error = int(owners[bad])
     except (TypeError, ValueError):  # a string, a nested list, ...: find the first culprit
         coords = np.zeros(0)
-        error = next(int(j) for j, part in zip(owners, kept, strict=True) if not _numeric(part))
+        error = next(int(j) for j, part in zip(owners, kept, strict=True) if not _finite_numbers(part))
     rles = {}
     for j in np.flatnonzero(kind == _RLE).tolist():
         if error is not None and j > error:
@@ -659,12 +659,11 @@ def _read_chunk(
     }
 
 
-def _numeric(part: list[Any]) -> bool:
+def _finite_numbers(part: list[Any]) -> bool:
     try:
-        np.fromiter(part, np.float64, len(part))
+        return bool(np.isfinite(np.fromiter(part, np.float64, len(part))).all())
     except (TypeError, ValueError):
         return False
-    return True
 
 
 def _bad_coordinates(instances: CocoInstances, ann: dict[str, Any]) -> CocoFormatError:
@@ -873,9 +872,12 @@ def simulate_point_annotations(
                         break  # raised by that chunk's task, after any error of an earlier one
                     while len(pending) > _LOOKAHEAD:  # bounds the chunks held in memory
                         collect(pending.popleft().get())
-            finally:  # errors are raised in file order (and no task is left running)
+                # Collected in file order: the first error raised is the first in the file.
                 while pending:
                     collect(pending.popleft().get())
+            finally:
+                for task in pending:  # after an error: no task of ours is left running
+                    task.wait()
         else:
             for s, e in bounds:
                 collect(_compute_chunk(_read_chunk(instances, s, e, drop_segmentation, image_sizes), *args))

@@ -373,22 +373,33 @@ def test_bad_coordinates_and_rle_name_the_annotation():
 
 
 def test_first_bad_annotation_in_file_order_for_any_workers_and_chunks():
-    # A bad polygon (found while reading) after a bad RLE (found by the worker) in the same chunk,
-    # and another bad polygon in a later chunk: the RLE is reported, whatever the chunking.
+    # Errors the validator leaves to the simulator: compressed RLE totals (checked by the worker)
+    # and polygon coordinates (found while reading the chunk, raised by its task after the RLEs
+    # before them). A bad RLE before a bad polygon of the same or a later chunk is reported first.
     data = make_dataset(np.random.default_rng(13), num_images=3, per_image=6)
     anns = data["annotations"]
-    k = next(i for i, a in enumerate(anns) if isinstance(a["segmentation"], dict) and i + 1 < len(anns) - 1)
-    anns[k]["segmentation"] = {"size": anns[k]["segmentation"]["size"], "counts": [1, 2]}
+
+    def compressed(i):
+        return isinstance(anns[i]["segmentation"], dict) and isinstance(
+            anns[i]["segmentation"]["counts"], str
+        )
+
+    k = next(i for i in range(len(anns)) if compressed(i))
     later = [i for i, a in enumerate(anns) if isinstance(a["segmentation"], list) and i > k]
-    for i in later[:1] + later[-1:]:
-        anns[i]["segmentation"][0][1] = "x" if i == later[0] else None
+    anns[k]["segmentation"]["counts"] = anns[k]["segmentation"]["counts"][:-1] + "o"  # wrong total
+    anns[later[0]]["segmentation"][0][1] = "x"
+    anns[later[-1]]["segmentation"][0][1] = None
     for workers, chunk_size in ((1, 2048), (2, 1), (2, later[0] + 1), (2, 5)):
-        with pytest.raises(CocoFormatError, match=f"annotation id={anns[k]['id']}.*RLE counts sum"):
+        with pytest.raises(CocoFormatError, match=f"annotation id={anns[k]['id']}.*RLE"):
             simulate(data, workers=workers, chunk_size=chunk_size)
-    h, w = anns[k]["segmentation"]["size"]
-    anns[k]["segmentation"]["counts"] = [h * w]
-    for workers, chunk_size in ((1, 2048), (2, 1), (2, 4)):
-        with pytest.raises(CocoFormatError, match=f"annotation id={anns[later[0]]['id']}.*finite numbers"):
+    # A bad polygon first; later chunks, with bad RLEs, are in flight when its chunk is collected.
+    j = next(i for i, a in enumerate(anns) if isinstance(a["segmentation"], list) and i < k)
+    anns[j]["segmentation"][0][0] = float("inf")
+    for i in range(j + 1, len(anns)):
+        if compressed(i):
+            anns[i]["segmentation"]["counts"] = anns[i]["segmentation"]["counts"][:-1] + "o"
+    for workers, chunk_size in ((1, 2048), (2, 1), (2, 3)):
+        with pytest.raises(CocoFormatError, match=f"annotation id={anns[j]['id']}.*finite numbers"):
             simulate(data, workers=workers, chunk_size=chunk_size)
 
 
