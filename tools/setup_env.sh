@@ -90,7 +90,7 @@ install_source() {
 install_offline() {
     local site
     site="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-    log "detectron2 route 3 (offline): $D2_OFFLINE_SPEC into $site (C++ extension replaced by point_sup.compat)"
+    log "detectron2 route 3 (offline): $D2_OFFLINE_SPEC into $site (its C++ extension cannot load here)"
     # The wheel is tagged cp310 and declares stricter pins (numpy<2, ...) than its code needs, so
     # it is unpacked without dependency resolution; requirements.txt supplies the real runtime deps.
     # The wheel also ships a top-level `tools` package (detectron2's scripts) that would shadow
@@ -124,16 +124,16 @@ esac
 
 pip_install --no-deps --no-build-isolation -e "$ROOT"
 
-summary="$("$PY" - <<'EOF'
+summary="$("$PY" -W ignore - <<'EOF'
 import point_sup  # applies point_sup.compat before detectron2 is used
 import detectron2, torch
 from point_sup import compat
-ext = "C++ extension loaded" if compat.HAS_C_EXTENSION else "no C++ extension (point_sup.compat stand-in)"
+ext = "C++ extension loaded" if compat.HAS_C_EXTENSION else "no C++ extension (point_sup.compat: clear errors)"
 print(f"detectron2 {detectron2.__version__} at {detectron2.__path__[0]}, {ext}; torch {torch.__version__}")
 EOF
 )"
 # The offline demo/test data (a real nuclei image inside the 3 MB stardist wheel), fetched once.
-"$PY" -c "from point_sup.data.nuclei import fetch_stardist_wheel as f; print('[setup_env] nuclei data:', f())"
+"$PY" -W ignore -c "from point_sup.data.nuclei import fetch_stardist_wheel as f; print('[setup_env] nuclei data:', f())"
 log "detectron2 route taken: $chosen"
 log "$summary"
 echo "$chosen: $summary" > "$VENV/.point_sup_d2_route"
