@@ -326,18 +326,7 @@ def register_coco_instances_with_points(
     (read by :func:`point_sup.data.checks.check_point_supervision`), then ``metadata``, whose entries
     win (e.g. a different ``evaluator_type``).
     """
-    _check_args(name, metadata, json_file, image_root)
-    json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    DatasetCatalog.register(name, lambda: load_coco_json_with_points(json_file, image_root, name))
-    MetadataCatalog.get(name).set(
-        **{
-            "json_file": json_file,
-            "image_root": image_root,
-            "evaluator_type": "coco",
-            "point_supervision": True,
-            **metadata,
-        }
-    )
+    _register(name, metadata, json_file, image_root, load_coco_json_with_points, "coco")
 
 
 def register_lvis_instances_with_points(
@@ -345,15 +334,13 @@ def register_lvis_instances_with_points(
 ) -> None:
     """As :func:`register_coco_instances_with_points` for a P_N file in LVIS format
     (:func:`load_lvis_json_with_points`); ``evaluator_type="lvis"``."""
+    _register(name, metadata, json_file, image_root, load_lvis_json_with_points, "lvis")
+
+
+def _register(name, metadata, json_file, image_root, loader, evaluator_type: str) -> None:
+    """Lazy registration (nothing is read until the dataset is first loaded) with point metadata."""
     _check_args(name, metadata, json_file, image_root)
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    DatasetCatalog.register(name, lambda: load_lvis_json_with_points(json_file, image_root, name))
-    MetadataCatalog.get(name).set(
-        **{
-            "json_file": json_file,
-            "image_root": image_root,
-            "evaluator_type": "lvis",
-            "point_supervision": True,
-            **metadata,
-        }
-    )
+    DatasetCatalog.register(name, lambda: loader(json_file, image_root, name))
+    defaults = {"json_file": json_file, "image_root": image_root, "evaluator_type": evaluator_type}
+    MetadataCatalog.get(name).set(**{**defaults, "point_supervision": True, **metadata})  # metadata wins
