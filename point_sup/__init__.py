@@ -6,9 +6,15 @@ mask heads (``ROI_MASK_HEAD_REGISTRY``) and the builtin P_N datasets (``DatasetC
 Import it before building a model or loading a config that names them.
 """
 
-from . import compat
+import warnings
 
-compat.apply()  # must precede any import of detectron2.evaluation / detectron2.layers
+# detectron2 calls torch.jit.script at import time, which recent torch deprecates with a
+# FutureWarning users can do nothing about. Only that message is silenced.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+from . import compat  # noqa: E402
+
+compat.apply()  # clear errors where a detectron2 without its C++ extension would be obscure
 
 from . import data, modeling  # noqa: E402  (imports register the components)
 from .config import add_point_sup_config  # noqa: E402
