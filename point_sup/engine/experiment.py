@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.utils.env import seed_all_rng
 
 from ..config import add_point_sup_config
 from .trainer import PointSupTrainer
@@ -47,6 +48,9 @@ def train_and_evaluate(
     cfg = cfg.clone()
     cfg.DATASETS.TEST = tuple(eval_datasets)
     cfg.freeze()
+    # What default_setup does in tools/train_net.py: SEED >= 0 makes initialisation and data order
+    # reproducible (Detectron2's trainer does not seed by itself).
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     trainer = PointSupTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
