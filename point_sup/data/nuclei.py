@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..utils.file_io import atomic_open, atomic_write_text
+
 __all__ = [
     "NUCLEI_SPLITS",
     "build_nuclei_coco",
@@ -154,9 +156,8 @@ def build_nuclei_coco(
         for i, (r0, r1, c0, c1) in enumerate(regions):
             image_id = len(images) + 1
             file_name = f"{split}_{i}.png"
-            tmp = image_root / f".{file_name}.tmp"
-            Image.fromarray(image[r0:r1, c0:c1]).save(tmp, format="PNG")
-            os.replace(tmp, image_root / file_name)
+            with atomic_open(image_root / file_name, "wb") as f:
+                Image.fromarray(image[r0:r1, c0:c1]).save(f, format="PNG")
             images.append({"id": image_id, "file_name": file_name, "height": r1 - r0, "width": c1 - c0})
             annotations += _instance_annotations(labels[r0:r1, c0:c1], image_id, len(annotations) + 1)
         dataset = {
@@ -168,8 +169,6 @@ def build_nuclei_coco(
             "categories": [{"id": 1, "name": "nucleus", "supercategory": "cell"}],
         }
         path = ann_dir / f"nuclei_{split}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(dataset))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(dataset))
         result[split] = path
     return result
