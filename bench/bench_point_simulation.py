@@ -10,8 +10,10 @@ multi-part objects, 1 % crowd objects as uncompressed RLE), then times, in the s
 
 * baseline: what Detectron2's PointSup script does: ``json.load``, for every annotation
   ``COCO.annToMask`` (full-image rasterization) and reading the sampled pixels, ``json.dump``;
-* point_sup: :func:`load_coco_instances` + :func:`simulate_point_annotations` with ``--workers``
-  + writing the output file, as ``tools/prepare_point_annotations.py`` does.
+* point_sup: what ``tools/prepare_point_annotations.py`` does: with ``--workers`` > 1, the file
+  parsed, checked, labelled and serialized in shards by the workers (:class:`ShardedSimulation`);
+  with 1, :func:`load_coco_instances` + :func:`simulate_point_annotations`; then the output file
+  written.
 
 Both produce the same kind of file (P10 without masks); labels are cross-checked at the sampled
 points of point_sup's output. Peak memory of point_sup (proportional set size of the process and
@@ -152,9 +154,8 @@ import os, sys, threading, time, json, resource
 import numpy as np
 src, dst, workers, num_points = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 from point_sup.data.coco_json import load_coco_instances, read_json
-from point_sup.data.point_simulation import (
-    dumps_point_annotations, make_worker_pool, simulate_point_annotations
-)
+from point_sup.data.point_simulation import dumps_point_annotations, simulate_point_annotations
+from point_sup.data.sharded_simulation import ShardedSimulation, ShardWorkers
 from point_sup.utils.file_io import atomic_write_bytes
 
 def pss(pid):
@@ -184,7 +185,7 @@ t_start = time.perf_counter()
 # Workers are forked before loading, as the tool does; the memory baseline is taken after the fork
 # (a fork shares the interpreter's pages, and reading parent and child PSS across it would count
 # them twice).
-pool = make_worker_pool(workers) if workers > 1 and mode != "load" else None
+shards = ShardWorkers(workers) if workers > 1 and mode != "load" else None
 t_pool = time.perf_counter() - t_start  # counted in the timing; the settling sleep is not
 time.sleep(0.2)
 base = tree_pss()
@@ -203,18 +204,22 @@ if mode == "mem":  # sampling /proc costs CPU: timings come from a separate run 
     th.start()
 t0 = time.perf_counter() - t_pool
 cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-inst = load_coco_instances(src)
-t_load = time.perf_counter() - t0
-samples, stats = simulate_point_annotations(
-    inst, num_points=num_points, seed=0, pool=pool, drop_segmentation=True
-)
-t_sim = time.perf_counter() - t0 - t_load
-atomic_write_bytes(dst, dumps_point_annotations(inst, samples[0]))
+if shards is not None:  # what tools/prepare_point_annotations.py does with --workers > 1
+    sim = ShardedSimulation(src, shards)
+    t_load = time.perf_counter() - t0
+    sim.simulate(num_points=num_points, seed=0, drop_segmentation=True)
+    t_sim = time.perf_counter() - t0 - t_load
+    atomic_write_bytes(dst, sim.dumps(0))
+else:
+    inst = load_coco_instances(src)
+    t_load = time.perf_counter() - t0
+    samples, stats = simulate_point_annotations(inst, num_points=num_points, seed=0, drop_segmentation=True)
+    t_sim = time.perf_counter() - t0 - t_load
+    atomic_write_bytes(dst, dumps_point_annotations(inst, samples[0]))
 total = time.perf_counter() - t0
 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-if pool is not None:
-    pool.close()
-    pool.join()  # reaped: their CPU time is in RUSAGE_CHILDREN
+if shards is not None:
+    shards.close()  # reaped: their CPU time is in RUSAGE_CHILDREN
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
 cpu_main = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
 cpu_workers = kids.ru_utime + kids.ru_stime

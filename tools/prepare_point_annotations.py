@@ -7,7 +7,9 @@
 The output keeps ``images``, ``categories`` and every annotation field, adds ``point_coords``
 (``[x, y]`` integer pixel indices; Detectron2's PointSup loader adds 0.5 to reach pixel centres)
 and ``point_labels`` (1 object, 0 background), and drops ``segmentation`` unless ``--keep-masks``.
-The logic lives in :mod:`point_sup.data.point_simulation`; this is the command-line shell.
+The logic lives in :mod:`point_sup.data.point_simulation` (and, with ``--workers`` > 1 on a file,
+:mod:`point_sup.data.sharded_simulation`, which parses the file in shards); this is the command-line
+shell.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from point_sup.data.point_simulation import (
     make_worker_pool,
     simulate_point_annotations,
 )
+from point_sup.data.sharded_simulation import NotShardableError, ShardedSimulation, ShardWorkers
 from point_sup.utils.file_io import StagedFiles
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
@@ -143,10 +146,51 @@ def _main(argv: list[str] | None) -> int:
             return 2
 
     t0 = time.perf_counter()
+    if args.dataset is None and args.workers > 1:
+        # Workers are forked before anything is loaded (see ShardWorkers).
+        with ShardWorkers(args.workers) as workers:
+            try:
+                return _convert_sharded(args, outputs, workers, t0)
+            except NotShardableError as e:
+                logger.info("parsing the whole file in the main process instead of in shards: %s", e)
     with contextlib.ExitStack() as stack:
         # Workers are forked before the dataset is loaded (see make_worker_pool).
         pool = stack.enter_context(make_worker_pool(args.workers)) if args.workers > 1 else None
         return _convert(args, outputs, pool, t0)
+
+
+def _convert_sharded(args: argparse.Namespace, outputs: list[Path], workers: ShardWorkers, t0: float) -> int:
+    """The conversion with the file parsed in shards by the workers (NotShardableError: not possible)."""
+    sim = ShardedSimulation(args.paths[0], workers)
+    _log_loaded(sim.source, sim.num_images, sim.num_annotations, sim.num_categories, t0)
+    import tqdm
+
+    with tqdm.tqdm(total=sim.num_annotations, unit="ann", disable=args.no_progress, file=sys.stderr) as bar:
+        stats = sim.simulate(
+            num_points=args.num_points,
+            seed=args.seed,
+            versions=range(args.num_versions),
+            noise_rate=args.noise_rate,
+            noise_mode=args.noise_mode,
+            drop_segmentation=not args.keep_masks,
+            progress=bar.update,
+        )
+    with StagedFiles() as staged:  # nothing is written unless every version was produced
+        for k, path in enumerate(outputs):
+            staged.write(path, sim.dumps(k))
+    _log_summary(args, stats, outputs, t0)
+    return 0
+
+
+def _log_loaded(source: str, num_images: int, num_annotations: int, num_categories: int, t0: float) -> None:
+    logger.info(
+        "loaded %s: %d images, %d annotations, %d categories (%.1f s)",
+        source,
+        num_images,
+        num_annotations,
+        num_categories,
+        time.perf_counter() - t0,
+    )
 
 
 def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> int:
@@ -166,13 +210,8 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
                 logger.info("file_name is absolute (the metadata names no image_root or image_dir)")
         else:
             instances = load_coco_instances(args.paths[0])
-        logger.info(
-            "loaded %s: %d images, %d annotations, %d categories (%.1f s)",
-            instances.source,
-            len(instances.images),
-            len(instances.annotations),
-            len(instances.categories),
-            time.perf_counter() - t0,
+        _log_loaded(
+            instances.source, len(instances.images), len(instances.annotations), len(instances.categories), t0
         )
         import tqdm
 
@@ -198,7 +237,11 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
     with StagedFiles() as staged:
         for path, s in zip(outputs, samples, strict=True):
             staged.write(path, dumps_point_annotations(instances, s))
+    _log_summary(args, stats, outputs, t0)
+    return 0
 
+
+def _log_summary(args: argparse.Namespace, stats, outputs: list[Path], t0: float) -> None:
     logger.info(
         "%d annotations (%d polygon, %d RLE, %d crowd): %d with %d points each; %d boxes clipped to "
         "the image; %d zero-area boxes without points; %d polygon parts under 3 vertices skipped",
@@ -216,7 +259,6 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
         logger.info("label noise (%s): flipped %s points per version", args.noise_mode, stats.num_flipped)
     logger.info("%s", annotation_time(stats.num_with_points, args.num_points).summary())
     logger.info("wrote %s (%.1f s)", ", ".join(map(str, outputs)), time.perf_counter() - t0)
-    return 0
 
 
 if __name__ == "__main__":

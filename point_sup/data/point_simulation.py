@@ -65,6 +65,7 @@ __all__ = [
     "AnnotationTime",
     "PointSamples",
     "SimulationStats",
+    "add_label_noise",
     "annotation_keys",
     "annotation_time",
     "boundary_sq_distances",
@@ -78,6 +79,7 @@ __all__ = [
     "sample_points",
     "sampling_ranges",
     "select_noisy_points",
+    "set_point_fields",
     "simulate_point_annotations",
 ]
 
@@ -899,23 +901,52 @@ def simulate_point_annotations(
         if results:
             coords = np.concatenate([r["versions"][k][0] for r in results])
             labels = np.concatenate([r["versions"][k][1] for r in results])
+            dist = np.concatenate([r["versions"][k][2] for r in results]) if boundary else None
         else:
             coords = np.zeros((0, num_points, 2), dtype=np.int64)
             labels = np.zeros((0, num_points), dtype=np.uint8)
-        flipped = np.zeros(0, dtype=np.int64)
-        if noise_rate > 0:
-            valid = np.flatnonzero(np.repeat(has, num_points))  # flat indices of real points
-            num_flips = math.floor(noise_rate * len(valid) + 0.5)
-            rng = np.random.default_rng([seed, version, 0x4E4F495345])  # "NOISE": its own stream
-            if boundary:
-                dist = np.concatenate([r["versions"][k][2] for r in results]).ravel()[valid]
-            else:
-                dist = np.zeros(len(valid), dtype=np.int64)
-            flipped = valid[select_noisy_points(num_flips, noise_mode, rng, dist)]
-            labels.reshape(-1)[flipped] ^= 1
+            dist = np.zeros((0, num_points), dtype=np.int64) if boundary else None
+        flipped = add_label_noise(labels, has, dist, noise_rate, noise_mode, seed, version)
         stats.num_flipped.append(len(flipped))
         samples.append(PointSamples(coords=coords, labels=labels, has_points=has, flipped=flipped))
     return samples, stats
+
+
+def add_label_noise(
+    labels: np.ndarray,
+    has_points: np.ndarray,
+    boundary_dist: np.ndarray | None,
+    noise_rate: float,
+    noise_mode: NoiseMode,
+    seed: int,
+    version: int,
+) -> np.ndarray:
+    """Flip, in place, exactly ``floor(R * T + 0.5)`` of the T labelled points of a dataset.
+
+    Args:
+        labels: (A, N) uint8 labels of all annotations of the dataset, modified in place.
+        has_points: (A,) bool, False for annotations without points (zero-area boxes).
+        boundary_dist: (A, N) squared boundary distances (:func:`boundary_sq_distances`) for
+            ``noise_mode="boundary"``; ignored (may be None) for ``"random"``.
+        noise_rate, noise_mode, seed, version: as in :func:`simulate_point_annotations`; the
+            choice depends on nothing else (its own random stream per seed and version).
+
+    Returns:
+        (F,) int64 flat indices into ``labels`` of the flipped points, ascending.
+    """
+    if noise_rate <= 0:
+        return np.zeros(0, dtype=np.int64)
+    num_points = labels.shape[1]
+    valid = np.flatnonzero(np.repeat(has_points, num_points))  # flat indices of real points
+    num_flips = math.floor(noise_rate * len(valid) + 0.5)
+    rng = np.random.default_rng([seed, version, 0x4E4F495345])  # "NOISE": its own stream
+    if noise_mode == "boundary":
+        dist = boundary_dist.reshape(-1)[valid]
+    else:
+        dist = np.zeros(len(valid), dtype=np.int64)
+    flipped = valid[select_noisy_points(num_flips, noise_mode, rng, dist)]
+    labels.reshape(-1)[flipped] ^= 1
+    return flipped
 
 
 # --------------------------------------------------------------------------------------------
@@ -988,21 +1019,28 @@ def dumps_point_annotations(instances: CocoInstances, samples: PointSamples) -> 
     ``point_labels`` are left holding those fragments (empty lists where there are no points); call
     :func:`apply_point_samples` for Python lists.
     """
+    set_point_fields(instances.annotations, samples)
+    return dumps_json(instances.data)
+
+
+def set_point_fields(annotations: list[dict[str, Any]], samples: PointSamples) -> None:
+    """Set ``point_coords``/``point_labels`` of each annotation, ready for :func:`dumps_json`.
+
+    ``annotations[i]`` gets row ``i`` of ``samples`` as ``orjson.Fragment`` JSON text (empty lists
+    where there are no points); with orjson < 3.9, as Python lists (:func:`apply_point_samples`).
+    """
     if not hasattr(orjson, "Fragment"):  # orjson < 3.9
-        apply_point_samples(instances, samples)
-        return dumps_json(instances.data)
-    coords = _json_rows(samples.coords, b"]],[[", b"]]\n[[")  # rows of (A, N, 2)
-    labels = _json_rows(samples.labels, b"],[", b"]\n[")  # rows of (A, N)
-    for ann, c, lab, has in zip(
-        instances.annotations, coords, labels, samples.has_points.tolist(), strict=True
-    ):
+        coords, labels = samples.coords.tolist(), samples.labels.tolist()
+    else:
+        coords = _json_rows(samples.coords, b"]],[[", b"]]\n[[")  # rows of (A, N, 2)
+        labels = _json_rows(samples.labels, b"],[", b"]\n[")  # rows of (A, N)
+    for ann, c, lab, has in zip(annotations, coords, labels, samples.has_points.tolist(), strict=True):
         if has:
             ann["point_coords"] = c
             ann["point_labels"] = lab
         else:
             ann["point_coords"] = []
             ann["point_labels"] = []
-    return dumps_json(instances.data)
 
 
 def _json_rows(a: np.ndarray, sep: bytes, cut: bytes) -> list[Any]:

@@ -61,7 +61,18 @@ def test_nuclei_end_to_end(nuclei, tmp_path):
     assert 0.4 < fg / 1000 < 0.95  # nuclei fill most of their boxes
 
 
-def test_byte_identical_across_workers_and_versions(nuclei, tmp_path):
+@pytest.fixture
+def small_shards(monkeypatch):
+    """Files of any size are parsed in shards with --workers > 1 (point_sup.data.sharded_simulation)."""
+    from point_sup.data import sharded_simulation
+
+    monkeypatch.setattr(sharded_simulation, "MIN_SHARD_BYTES", 1)
+
+
+SHARDS_REFUSED = "instead of in shards"
+
+
+def test_byte_identical_across_workers_and_versions(nuclei, tmp_path, small_shards, caplog):
     common = [
         str(nuclei["train"]),
         "--seed",
@@ -75,6 +86,7 @@ def test_byte_identical_across_workers_and_versions(nuclei, tmp_path):
     assert tool.main([*common[:1], str(tmp_path / "w1.json"), *common[1:], "--workers", "1"]) == 0
     assert tool.main([*common[:1], str(tmp_path / "w2.json"), *common[1:], "--workers", "2"]) == 0
     assert (tmp_path / "w1.json").read_bytes() == (tmp_path / "w2.json").read_bytes()
+    assert SHARDS_REFUSED not in caplog.text  # --workers 2 parsed the file in two shards
     out = str(tmp_path / "v.json")
     assert tool.main([*common[:1], out, *common[1:], "--num-versions", "3", "--workers", "2"]) == 0
     assert (tmp_path / "v_v0.json").read_bytes() == (tmp_path / "w1.json").read_bytes()
@@ -163,7 +175,7 @@ def small_dataset():
         ),
     ],
 )
-def test_bad_input_fails_clearly_without_output(tmp_path, caplog, mutate, message):
+def test_bad_input_fails_clearly_without_output(tmp_path, caplog, mutate, message, small_shards):
     out = tmp_path / "out.json"
     if mutate is None:
         src = tmp_path / "in.json"
@@ -173,8 +185,10 @@ def test_bad_input_fails_clearly_without_output(tmp_path, caplog, mutate, messag
         mutate(data)
         src = write(tmp_path / "in.json", data)
     for workers in ("1", "2"):
+        caplog.clear()
         assert tool.main([str(src), str(out), "--workers", workers, "--no-progress"]) == 1
         assert message.split(".*")[0] in caplog.text
+        assert (SHARDS_REFUSED in caplog.text) == (workers == "2")  # reported by the whole-file path
         assert sorted(os.listdir(tmp_path)) == ["in.json"]  # no output, no temporary file
     for v in range(2):
         assert not (tmp_path / f"out_v{v}.json").exists()

@@ -1,0 +1,492 @@
+"""P_N simulation of a COCO JSON file with the parsing split across worker processes.
+
+:func:`~point_sup.data.point_simulation.simulate_point_annotations` works on a dataset already
+loaded in the main process. For a large file, parsing it, checking it and reading its annotations
+into arrays take about as long as labelling the points, and all of it is serial: it is what
+bounds the tool's speed on a few cores. Here the text of the ``annotations`` array is cut at
+element boundaries into one byte range (*shard*) per worker; each worker reads, parses, checks,
+labels and serializes its own shard, and keeps it between these steps. The main process parses
+only the rest of the file (``images``, ``categories``, ...), draws the label noise (which needs
+every label of the dataset) and joins the serialized shards. The output is byte-identical to the
+whole-file path's (same per-annotation random streams, same serializer, same key order).
+
+Cutting JSON text without parsing it is a guess: a cut is made at a ``}`` ``,`` ``{`` (whitespace
+allowed) followed by the first key of the array's first element when there is one (``},{"id":``),
+which could still lie inside a string or inside a nested array of objects. Every guess is
+checked by the parsers themselves, so a wrong one cannot go unnoticed:
+
+* the head ``text[:head_end] + "]}"`` (everything before the array, the array emptied) must
+  parse to an object whose last key is ``annotations``: so ``head_end`` is outside any string,
+  right after the ``[`` of the top-level ``annotations`` value;
+* shard ``i`` is parsed as ``"[" + text[start_i:stop_i] + "]"``, the last one as
+  ``'{"annotations":[' + text[start:]``. Starting from a position known to be outside strings and
+  at array level, a piece parses only if it ends there too (a piece ending inside a string never
+  closes it; one ending inside a nested array leaves a bracket open), so by induction from the
+  head every cut is at a top-level element boundary and the pieces' elements are exactly the
+  array's;
+* the name ``"annotations"`` must occur once in the file, and the head and tail must not share a
+  key (a duplicate key's value would depend on which part it is parsed in).
+
+Whenever anything does not fit (a piece that does not parse, any problem in the data, duplicate
+annotation ids across shards, an input that is not a regular file), :class:`NotShardableError` is raised and
+the caller takes the whole-file path, which reports problems with its usual messages naming the
+annotation. Problems are rare, so paying for both paths then is cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import multiprocessing
+import os
+import re
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, wait
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .coco_json import (
+    CocoFormatError,
+    CocoInstances,
+    _annotations_pass_fast_checks,
+    dumps_json,
+    validate_coco_instances,
+)
+from .point_simulation import (
+    NoiseMode,
+    PointSamples,
+    SimulationStats,
+    _compute_chunk,
+    _image_sizes,
+    _read_chunk,
+    add_label_noise,
+    keep_freed_memory,
+    set_point_fields,
+)
+
+__all__ = [
+    "MIN_SHARD_BYTES",
+    "NotShardableError",
+    "ShardLayout",
+    "ShardWorkers",
+    "ShardedSimulation",
+    "plan_shards",
+]
+
+MIN_SHARD_BYTES = 1 << 20  # smaller files are not worth cutting
+_ANNOTATIONS = b'"annotations"'
+_ANNOTATIONS_VALUE = re.compile(rb'"annotations"\s*:\s*\[\s*')
+_ELEMENT_GAP = re.compile(rb"\}\s*,\s*\{")
+_FIRST_KEY = re.compile(rb'\{\s*("[^"\\]*")\s*:')  # '{"id":' (a key with escapes is not used)
+_LAST_PREFIX = b'{"annotations":['
+
+
+class NotShardableError(Exception):
+    """The input does not fit the sharded path; the message says why (take the whole-file path)."""
+
+
+class ShardLayout:
+    """Where the ``annotations`` array of a COCO JSON text is cut.
+
+    Attributes:
+        head_end: byte offset just after the ``[`` (and any whitespace) opening the array.
+        pieces: one ``(start, stop)`` byte range per shard. Each holds whole array elements
+            ``{...},...,{...}``; the separators between shards are left out, and the last
+            piece runs to the end of the text (closing bracket and following keys included).
+    """
+
+    def __init__(self, head_end: int, pieces: list[tuple[int, int]]) -> None:
+        self.head_end = head_end
+        self.pieces = pieces
+
+    def __repr__(self) -> str:
+        return f"ShardLayout(head_end={self.head_end}, pieces={self.pieces})"
+
+
+def plan_shards(text: bytes, num_shards: int, min_shard_bytes: int | None = None) -> ShardLayout:
+    """Cut the ``annotations`` array of ``text`` into up to ``num_shards`` pieces of similar size.
+
+    Pieces are at least about ``min_shard_bytes`` long (default :data:`MIN_SHARD_BYTES`; fewer
+    pieces for small files). The cuts are guesses, verified when the pieces are parsed (see the
+    module docstring).
+
+    Raises:
+        NotShardableError: ``"annotations"`` does not occur exactly once, is not followed by ``: [``, or the
+            array is empty.
+    """
+    key = text.find(_ANNOTATIONS)
+    if key < 0 or text.find(_ANNOTATIONS, key + 1) >= 0:
+        raise NotShardableError('the name "annotations" does not occur exactly once in the file')
+    m = _ANNOTATIONS_VALUE.match(text, key)
+    if m is None:
+        raise NotShardableError('"annotations" is not followed by an array')
+    head_end = m.end()
+    if text[head_end : head_end + 1] != b"{":
+        raise NotShardableError("the annotations array is empty or does not start with an object")
+    size = len(text) - head_end
+    if min_shard_bytes is None:
+        min_shard_bytes = MIN_SHARD_BYTES
+    n = max(1, min(num_shards, size // max(min_shard_bytes, 1)))
+    # Serializers write every annotation's keys in the same order: a gap followed by the first
+    # element's first key (e.g. '},{"id":') is almost surely between two annotations, whereas a
+    # bare '},{' also occurs between objects nested in an annotation.
+    first_key = _FIRST_KEY.match(text, head_end)
+    gaps = [_ELEMENT_GAP]
+    if first_key is not None:
+        key = re.escape(first_key.group(1))
+        gaps.insert(0, re.compile(_ELEMENT_GAP.pattern + rb"(?=\s*" + key + rb"\s*:)"))
+    pieces, start = [], head_end
+    for i in range(1, n):
+        target = max(head_end + i * size // n, start)
+        gap = next(filter(None, (g.search(text, target) for g in gaps)), None)
+        if gap is None:
+            break
+        pieces.append((start, gap.start() + 1))
+        start = gap.end() - 1
+    pieces.append((start, len(text)))
+    return ShardLayout(head_end, pieces)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side: one shard per process, kept between requests
+# --------------------------------------------------------------------------------------------
+
+
+class _Shard:
+    """The annotations of one shard and their simulated points (lives in a worker process)."""
+
+    def __init__(self) -> None:
+        self.anns: list[Any] = []
+        self.images: dict[int, dict[str, int]] = {}
+        self.coords: list[np.ndarray] = []  # per version, (A_i, N, 2)
+        self.has = np.zeros(0, dtype=bool)
+
+    def parse(self, path: str, start: int, stop: int, last: bool) -> tuple[int, dict[str, Any] | None]:
+        """Read and parse bytes ``start:stop`` of ``path``; returns (annotations, tail keys)."""
+        prefix, suffix = (_LAST_PREFIX, b"") if last else (b"[", b"]")
+        n = stop - start
+        buf = bytearray(len(prefix) + n + len(suffix))  # one buffer: no copy of the text to wrap it
+        buf[: len(prefix)] = prefix
+        with open(path, "rb") as f, memoryview(buf) as view:
+            f.seek(start)
+            if f.readinto(view[len(prefix) : len(prefix) + n]) != n:
+                raise NotShardableError("the file changed while it was read")
+        buf[len(prefix) + n :] = suffix
+        try:
+            value = orjson.loads(buf)
+        except orjson.JSONDecodeError as e:
+            raise NotShardableError(f"a shard does not parse on its own ({e})") from None
+        del buf
+        tail = None
+        if last:
+            if not (isinstance(value, dict) and next(iter(value), None) == "annotations"):
+                raise NotShardableError("the end of the file is not the rest of the top-level object")
+            self.anns, tail = value.pop("annotations"), value
+        else:
+            self.anns = value
+        return len(self.anns), tail
+
+    def validate(self, images: list[tuple[int, int, int]], category_ids: list[int]) -> np.ndarray:
+        """The annotation checks of ``validate_coco_instances``; returns the (A_i,) uint64 ids."""
+        self.images = {iid: {"height": h, "width": w} for iid, h, w in images}
+
+        def fail(msg: str, image_id: Any = None, annotation_id: Any = None) -> CocoFormatError:
+            return CocoFormatError(msg, image_id=image_id, annotation_id=annotation_id)
+
+        cats = dict.fromkeys(category_ids)
+        if not _annotations_pass_fast_checks(self.anns, self.images, cats, True, True, fail):
+            raise NotShardableError("an annotation fails the fast checks")  # the whole-file path names it
+        return np.fromiter(map(itemgetter("id"), self.anns), np.uint64, len(self.anns))
+
+    def simulate(
+        self,
+        num_points: int,
+        seed: int,
+        versions: Sequence[int],
+        boundary: bool,
+        drop_segmentation: bool,
+        chunk_size: int,
+        progress: Callable[[int], None],
+    ) -> dict[str, Any]:
+        """Points and labels of every version, chunk by chunk (as the whole-file path's workers)."""
+        inst = CocoInstances(data={"annotations": self.anns}, source="", images=self.images, categories={})
+        sizes = _image_sizes(inst)
+        results = []
+        for s in range(0, len(self.anns), chunk_size):
+            e = min(s + chunk_size, len(self.anns))
+            try:
+                chunk = _read_chunk(inst, s, e, drop_segmentation, sizes)
+                results.append(_compute_chunk(chunk, num_points, seed, versions, boundary))
+            except CocoFormatError:
+                raise NotShardableError("bad polygon coordinates or RLE data") from None
+            progress(e - s)
+        per_version = [[r["versions"][k] for r in results] for k in range(len(versions))]
+        self.has = np.concatenate([r["has"] for r in results])
+        self.coords = [np.concatenate([v[0] for v in parts]) for parts in per_version]
+        return {
+            "has": self.has,
+            "labels": [np.concatenate([v[1] for v in parts]) for parts in per_version],
+            "dist": [np.concatenate([v[2] for v in parts]) for parts in per_version] if boundary else None,
+            **{key: sum(r[key] for r in results) for key in ("clipped", "polygon", "crowd", "skipped_parts")},
+        }
+
+    def serialize(self, k: int, labels: np.ndarray) -> bytes:
+        """The JSON text of this shard's annotations with version ``k``'s points, brackets removed."""
+        set_point_fields(self.anns, PointSamples(coords=self.coords[k], labels=labels, has_points=self.has))
+        return dumps_json(self.anns)[1:-1]
+
+
+def _serve(conn: Connection) -> None:
+    """A worker's loop: run the requests ``(method, args)`` of :class:`_Shard` until ``None``."""
+    gc.disable()  # parsed JSON holds no cycles; collections would only traverse millions of objects
+    keep_freed_memory()
+    shard = _Shard()
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        name, args = request
+        try:
+            if name == "simulate":
+                result = shard.simulate(*args, progress=lambda n: conn.send(("progress", n)))
+            else:
+                result = getattr(shard, name)(*args)
+            conn.send(("ok", result))
+        except NotShardableError as e:
+            conn.send(("unfit", str(e)))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+class ShardWorkers:
+    """``n`` forked worker processes, each holding one shard of a dataset between requests.
+
+    Like :func:`~point_sup.data.point_simulation.make_worker_pool`, create it before loading
+    anything large (workers forked later would share, then copy, the parent's pages). Use it as a
+    context manager: leaving it stops the workers.
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one worker, got {n}")
+        ctx = multiprocessing.get_context("fork")
+        self._conns: list[Connection] = []
+        self._procs = []
+        for _ in range(n):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        self._busy = 0
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def send(self, name: str, args_per_shard: Sequence[tuple]) -> None:
+        """Start ``name(*args)`` on the first ``len(args_per_shard)`` workers (one shard each)."""
+        if self._busy:
+            raise RuntimeError("the previous request was not collected")
+        for conn, args in zip(self._conns[: len(args_per_shard)], args_per_shard, strict=True):
+            conn.send((name, tuple(args)))
+        self._busy = len(args_per_shard)
+
+    def collect(self, progress: Callable[[int], None] | None = None) -> list[Any]:
+        """Wait for every worker of the last :meth:`send`; their results in shard order.
+
+        Raises:
+            NotShardableError: a worker found its shard unfit (the first such shard's reason).
+            RuntimeError: a worker failed (its traceback) or died.
+        """
+        conns = self._conns[: self._busy]
+        results: list[Any] = [None] * len(conns)
+        pending = {conn: i for i, conn in enumerate(conns)}
+        unfit: dict[int, str] = {}
+        errors: list[str] = []
+        while pending:
+            for conn in wait(list(pending)):
+                try:
+                    kind, value = conn.recv()
+                except EOFError:
+                    self._busy = 0
+                    raise RuntimeError("a simulation worker process died") from None
+                if kind == "progress":
+                    if progress is not None:
+                        progress(value)
+                    continue
+                i = pending.pop(conn)
+                if kind == "ok":
+                    results[i] = value
+                elif kind == "unfit":
+                    unfit[i] = value
+                else:
+                    errors.append(value)
+        self._busy = 0
+        if errors:
+            raise RuntimeError("a simulation worker failed:\n" + errors[0])
+        if unfit:
+            i = min(unfit)
+            raise NotShardableError(f"shard {i}: {unfit[i]}")
+        return results
+
+    def request(
+        self, name: str, args_per_shard: Sequence[tuple], progress: Callable[[int], None] | None = None
+    ) -> list[Any]:
+        """:meth:`send` then :meth:`collect`."""
+        self.send(name, args_per_shard)
+        return self.collect(progress)
+
+    def close(self) -> None:
+        """Stop the workers (what they hold is freed)."""
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            if proc.is_alive():
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+            conn.close()
+
+    def __enter__(self) -> ShardWorkers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is not None:  # a request may be in flight: do not wait for it
+            for proc in self._procs:
+                proc.terminate()
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Main side
+# --------------------------------------------------------------------------------------------
+
+
+class ShardedSimulation:
+    """A COCO instances file parsed and checked in shards, one per worker (see the module doc).
+
+    Usage, as ``tools/prepare_point_annotations.py`` does::
+
+        with ShardWorkers(2) as workers:           # before anything large is loaded
+            try:
+                sim = ShardedSimulation(path, workers)
+                stats = sim.simulate(num_points=10, seed=0)
+                data = sim.dumps(0)                  # the output file's bytes, version 0
+            except NotShardableError:
+                ...                                  # whole-file path
+
+    Checks are those of :func:`~point_sup.data.coco_json.load_coco_instances`; results those of
+    :func:`~point_sup.data.point_simulation.simulate_point_annotations` followed by
+    :func:`~point_sup.data.point_simulation.dumps_point_annotations`, byte for byte.
+
+    Raises:
+        NotShardableError: (in every step) the whole-file path is to be taken instead.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, workers: ShardWorkers, *, min_shard_bytes: int | None = None
+    ) -> None:
+        if not hasattr(orjson, "Fragment"):
+            raise NotShardableError("orjson < 3.9 (no orjson.Fragment to join serialized shards)")
+        self.source = os.fspath(path)
+        self._workers = workers
+        if not os.path.isfile(path):
+            raise NotShardableError("not a regular file")
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except OSError as e:
+            raise NotShardableError(f"cannot read the file ({e})") from None
+        layout = plan_shards(text, len(workers), min_shard_bytes)
+        last = len(layout.pieces) - 1
+        workers.send("parse", [(self.source, a, b, i == last) for i, (a, b) in enumerate(layout.pieces)])
+        try:  # while the workers parse their shards
+            head = orjson.loads(text[: layout.head_end] + b"]}")
+        except orjson.JSONDecodeError:
+            head = None
+        del text
+        parsed = workers.collect()
+        if not (isinstance(head, dict) and list(head)[-1:] == ["annotations"] and head["annotations"] == []):
+            raise NotShardableError("the text before the annotations array is not the start of a COCO object")
+        tail = parsed[-1][1]
+        if tail.keys() & head.keys():
+            raise NotShardableError("a top-level key occurs twice")
+        self._counts = [n for n, _ in parsed]
+        self._head, self._tail = head, tail
+        try:  # images and categories (annotations are checked by the workers)
+            inst = validate_coco_instances({**head, **tail}, source=self.source)
+        except CocoFormatError as e:
+            raise NotShardableError(str(e)) from None
+        self.num_images, self.num_categories = len(inst.images), len(inst.categories)
+        images = [(iid, img["height"], img["width"]) for iid, img in inst.images.items()]
+        ids = np.concatenate(workers.request("validate", [(images, list(inst.categories))] * len(parsed)))
+        if len(np.unique(ids)) != len(ids):
+            raise NotShardableError("duplicate annotation ids")
+        self._labels: list[list[np.ndarray]] = []
+
+    @property
+    def num_annotations(self) -> int:
+        return sum(self._counts)
+
+    def simulate(
+        self,
+        *,
+        num_points: int = 10,
+        seed: int = 0,
+        versions: Sequence[int] = (0,),
+        noise_rate: float = 0.0,
+        noise_mode: NoiseMode = "random",
+        drop_segmentation: bool = True,
+        chunk_size: int = 2048,
+        progress: Callable[[int], None] | None = None,
+    ) -> SimulationStats:
+        """Simulate every version (arguments as in ``simulate_point_annotations``); counts."""
+        if num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {num_points}")
+        if not 0.0 <= noise_rate <= 1.0:
+            raise ValueError(f"noise_rate must be in [0, 1], got {noise_rate}")
+        if noise_mode not in ("random", "boundary"):
+            raise ValueError(f"noise_mode must be 'random' or 'boundary', got {noise_mode!r}")
+        versions = list(versions)
+        boundary = noise_rate > 0 and noise_mode == "boundary"
+        args = (num_points, seed, versions, boundary, drop_segmentation, chunk_size)
+        shards = self._workers.request("simulate", [args] * len(self._counts), progress)
+        has = np.concatenate([s["has"] for s in shards])
+        num_polygon = sum(s["polygon"] for s in shards)
+        stats = SimulationStats(
+            num_annotations=len(has),
+            num_with_points=int(has.sum()),
+            num_clipped=sum(s["clipped"] for s in shards),
+            num_zero_area=int((~has).sum()),
+            num_polygon=num_polygon,
+            num_rle=len(has) - num_polygon,
+            num_crowd=sum(s["crowd"] for s in shards),
+            num_skipped_parts=sum(s["skipped_parts"] for s in shards),
+        )
+        cuts = np.cumsum(self._counts)[:-1]
+        self._labels = []
+        for k, version in enumerate(versions):
+            labels = np.concatenate([s["labels"][k] for s in shards])
+            dist = np.concatenate([s["dist"][k] for s in shards]) if boundary else None
+            flipped = add_label_noise(labels, has, dist, noise_rate, noise_mode, seed, version)
+            stats.num_flipped.append(len(flipped))
+            self._labels.append(np.split(labels, cuts))
+        return stats
+
+    def dumps(self, k: int) -> bytes:
+        """The output file of version ``k`` (position in ``versions``) as compact JSON bytes."""
+        pieces = self._workers.request("serialize", [(k, lab) for lab in self._labels[k]])
+        top = dict(self._head)
+        top["annotations"] = orjson.Fragment(b"[" + b",".join(p for p in pieces if p) + b"]")
+        top.update(self._tail)
+        return dumps_json(top)
