@@ -156,7 +156,7 @@ src, dst, workers, num_points = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(
 from point_sup.data.coco_json import load_coco_instances, read_json
 from point_sup.data.point_simulation import dumps_point_annotations, simulate_point_annotations
 from point_sup.data.sharded_simulation import ShardedSimulation, ShardWorkers
-from point_sup.utils.file_io import atomic_write_bytes
+from point_sup.utils.file_io import StagedFiles, atomic_write_bytes
 
 def pss(pid):
     try:
@@ -209,7 +209,8 @@ if shards is not None:  # what tools/prepare_point_annotations.py does with --wo
     t_load = time.perf_counter() - t0
     sim.simulate(num_points=num_points, seed=0, drop_segmentation=True)
     t_sim = time.perf_counter() - t0 - t_load
-    atomic_write_bytes(dst, sim.dumps(0))
+    with StagedFiles() as staged:
+        staged.write_with(dst, lambda tmp, fd: sim.write(0, tmp, fd))
 else:
     inst = load_coco_instances(src)
     t_load = time.perf_counter() - t0

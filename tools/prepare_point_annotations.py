@@ -177,7 +177,7 @@ def _convert_sharded(args: argparse.Namespace, outputs: list[Path], workers: Sha
         )
     with StagedFiles() as staged:  # nothing is written unless every version was produced
         for k, path in enumerate(outputs):
-            staged.write(path, sim.dumps(k))
+            staged.write_with(path, lambda tmp, fd, k=k: sim.write(k, tmp, fd))
     _log_summary(args, stats, outputs, t0)
     return 0
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import mmap
 import multiprocessing
 import os
 import re
@@ -107,7 +108,7 @@ class ShardLayout:
         return f"ShardLayout(head_end={self.head_end}, pieces={self.pieces})"
 
 
-def plan_shards(text: bytes, num_shards: int, min_shard_bytes: int | None = None) -> ShardLayout:
+def plan_shards(text: bytes | mmap.mmap, num_shards: int, min_shard_bytes: int | None = None) -> ShardLayout:
     """Cut the ``annotations`` array of ``text`` into up to ``num_shards`` pieces of similar size.
 
     Pieces are at least about ``min_shard_bytes`` long (default :data:`MIN_SHARD_BYTES`; fewer
@@ -164,6 +165,7 @@ class _Shard:
         self.images: dict[int, dict[str, int]] = {}
         self.coords: list[np.ndarray] = []  # per version, (A_i, N, 2)
         self.has = np.zeros(0, dtype=bool)
+        self.text = b""  # serialized, waiting for write()
 
     def parse(self, path: str, start: int, stop: int, last: bool) -> tuple[int, dict[str, Any] | None]:
         """Read and parse bytes ``start:stop`` of ``path``; returns (annotations, tail keys)."""
@@ -234,10 +236,34 @@ class _Shard:
             **{key: sum(r[key] for r in results) for key in ("clipped", "polygon", "crowd", "skipped_parts")},
         }
 
-    def serialize(self, k: int, labels: np.ndarray) -> bytes:
-        """The JSON text of this shard's annotations with version ``k``'s points, brackets removed."""
+    def serialize(self, k: int, labels: np.ndarray, keep: bool) -> bytes | int:
+        """The JSON text of this shard's annotations with version ``k``'s points, brackets removed.
+
+        With ``keep``, the text stays here for :meth:`write` and only its length is returned.
+        """
         set_point_fields(self.anns, PointSamples(coords=self.coords[k], labels=labels, has_points=self.has))
-        return dumps_json(self.anns)[1:-1]
+        text = dumps_json(self.anns)[1:-1]
+        if not keep:
+            return text
+        self.text = text
+        return len(text)
+
+    def write(self, path: str, offset: int, separator: bytes) -> None:
+        """Write ``separator`` and the kept text at ``offset`` of the (existing) file ``path``."""
+        text, self.text = self.text, b""
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            _pwrite_all(fd, separator, offset)
+            _pwrite_all(fd, text, offset + len(separator))
+        finally:
+            os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 def _serve(conn: Connection) -> None:
@@ -402,19 +428,18 @@ class ShardedSimulation:
         self._workers = workers
         if not os.path.isfile(path):
             raise NotShardableError("not a regular file")
-        try:
-            with open(path, "rb") as f:
-                text = f.read()
-        except OSError as e:
-            raise NotShardableError(f"cannot read the file ({e})") from None
-        layout = plan_shards(text, len(workers), min_shard_bytes)
+        try:  # mapped, not read: only the pages that planning touches are loaded here
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as text:
+                layout = plan_shards(text, len(workers), min_shard_bytes)
+                head_text = text[: layout.head_end]
+        except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
+            raise NotShardableError(f"cannot map the file ({e})") from None
         last = len(layout.pieces) - 1
         workers.send("parse", [(self.source, a, b, i == last) for i, (a, b) in enumerate(layout.pieces)])
         try:  # while the workers parse their shards
-            head = orjson.loads(text[: layout.head_end] + b"]}")
+            head = orjson.loads(head_text + b"]}")
         except orjson.JSONDecodeError:
             head = None
-        del text
         parsed = workers.collect()
         if not (isinstance(head, dict) and list(head)[-1:] == ["annotations"] and head["annotations"] == []):
             raise NotShardableError("the text before the annotations array is not the start of a COCO object")
@@ -430,7 +455,8 @@ class ShardedSimulation:
         self.num_images, self.num_categories = len(inst.images), len(inst.categories)
         images = [(iid, img["height"], img["width"]) for iid, img in inst.images.items()]
         ids = np.concatenate(workers.request("validate", [(images, list(inst.categories))] * len(parsed)))
-        if len(np.unique(ids)) != len(ids):
+        ids.sort()
+        if (ids[1:] == ids[:-1]).any():
             raise NotShardableError("duplicate annotation ids")
         self._labels: list[list[np.ndarray]] = []
 
@@ -483,10 +509,36 @@ class ShardedSimulation:
             self._labels.append(np.split(labels, cuts))
         return stats
 
+    def _around_annotations(self) -> tuple[bytes, bytes]:
+        """The output's JSON text before and after the annotations' elements."""
+        top = dict(self._head)
+        # A NUL byte never occurs in orjson's output (control characters are escaped): a safe mark.
+        top["annotations"] = orjson.Fragment(b"[\x00]")
+        top.update(self._tail)
+        before, after = dumps_json(top).split(b"\x00")
+        return before, after
+
     def dumps(self, k: int) -> bytes:
         """The output file of version ``k`` (position in ``versions``) as compact JSON bytes."""
-        pieces = self._workers.request("serialize", [(k, lab) for lab in self._labels[k]])
-        top = dict(self._head)
-        top["annotations"] = orjson.Fragment(b"[" + b",".join(p for p in pieces if p) + b"]")
-        top.update(self._tail)
-        return dumps_json(top)
+        pieces = self._workers.request("serialize", [(k, lab, False) for lab in self._labels[k]])
+        before, after = self._around_annotations()
+        return before + b",".join(p for p in pieces if p) + after
+
+    def write(self, k: int, path: str | os.PathLike, fd: int) -> None:
+        """Write the output file of version ``k`` into the empty file ``path``, open as ``fd``.
+
+        The same bytes as :meth:`dumps`, but each worker writes its own shard's text in place
+        (no copy through the main process); use with
+        :meth:`point_sup.utils.file_io.StagedFiles.write_with`.
+        """
+        sizes = self._workers.request("serialize", [(k, lab, True) for lab in self._labels[k]])
+        before, after = self._around_annotations()
+        offsets, separators, offset = [], [], len(before)
+        for size in sizes:
+            separators.append(b"," if offset > len(before) and size else b"")
+            offsets.append(offset)
+            offset += len(separators[-1]) + size
+        _pwrite_all(fd, before, 0)
+        _pwrite_all(fd, after, offset)  # beyond the workers' ranges: the file has its final size
+        args = [(os.fspath(path), o, sep) for o, sep in zip(offsets, separators, strict=True)]
+        self._workers.request("write", args)

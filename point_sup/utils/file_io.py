@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -98,6 +98,26 @@ class StagedFiles:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode(target))
+
+    def write_with(self, path: str | os.PathLike, fill: Callable[[Path, int], None]) -> None:
+        """Stage ``path`` with the content that ``fill(temp_path, fd)`` writes.
+
+        ``fd`` is a descriptor of the empty temporary file, open for writing; ``fill`` may also
+        have other processes write ``temp_path`` by name (e.g. at disjoint offsets). Afterwards
+        the file is fsynced (whoever wrote its pages) and, like :meth:`write`, committed or
+        discarded with the others.
+        """
+        target = Path(path)
+        if any(t == target for t, _ in self._staged):
+            raise ValueError(f"{target} is staged twice")
+        fd, tmp = _make_temp(target)
+        self._staged.append((target, tmp))
+        try:
+            fill(tmp, fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, _default_mode(target))
 
     @property

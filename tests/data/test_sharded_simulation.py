@@ -16,6 +16,7 @@ from point_sup.data.sharded_simulation import (
     ShardWorkers,
     plan_shards,
 )
+from point_sup.utils.file_io import StagedFiles
 
 
 def make_dataset(seed: int = 0, num_images: int = 8, per_image: int = 9) -> dict:
@@ -142,6 +143,10 @@ def test_byte_identical_to_the_whole_file_path(tmp_path, options, num_shards):
         assert (sim.num_images, sim.num_categories) == (8, 3)
         assert stats.num_zero_area > 0 and stats.num_clipped > 0 and stats.num_rle > 0
         assert [sim.dumps(k) for k in range(len(versions))] == expected
+        with StagedFiles() as out:  # the workers write their shards in place: the same bytes
+            for k in range(len(versions)):
+                out.write_with(tmp_path / f"out{k}.json", lambda tmp, fd, k=k: sim.write(k, tmp, fd))
+        assert [(tmp_path / f"out{k}.json").read_bytes() for k in range(len(versions))] == expected
 
 
 def test_wrong_cuts_are_refused(tmp_path, workers):

@@ -40,3 +40,22 @@ def test_staged_files_all_or_nothing(tmp_path):
         out.write(tmp_path / "c.json", b"C")
         raise KeyError("second version failed")
     assert sorted(os.listdir(tmp_path)) == ["a.json", "b.json"]
+
+
+def test_staged_write_with_a_filler_writing_by_descriptor_and_by_name(tmp_path):
+    def fill(tmp, fd):
+        assert tmp.parent == tmp_path and tmp.name.startswith(".x.json.")
+        os.pwrite(fd, b"head", 0)
+        with open(tmp, "r+b") as f:  # as another process would: by name, at its own offset
+            f.seek(4)
+            f.write(b"+body")
+
+    with StagedFiles() as out:
+        out.write_with(tmp_path / "x.json", fill)
+        out.write(tmp_path / "y.json", b"Y")
+        with pytest.raises(ValueError, match="staged twice"):
+            out.write_with(tmp_path / "x.json", fill)
+    assert (tmp_path / "x.json").read_bytes() == b"head+body"
+    with pytest.raises(OSError), StagedFiles() as out:
+        out.write_with(tmp_path / "z.json", lambda tmp, fd: os.pwrite(fd, b"partial", 0) and os.fstat(-1))
+    assert sorted(os.listdir(tmp_path)) == ["x.json", "y.json"]  # no z.json, no temporary
