@@ -69,6 +69,7 @@ __all__ = [
     "annotation_keys",
     "annotation_time",
     "boundary_sq_distances",
+    "check_simulation_options",
     "decode_rle_counts",
     "dumps_point_annotations",
     "keep_freed_memory",
@@ -789,6 +790,17 @@ def make_worker_pool(workers: int) -> multiprocessing.pool.Pool:
     return multiprocessing.get_context("fork").Pool(workers, initializer=keep_freed_memory)
 
 
+def check_simulation_options(num_points: int, noise_rate: float, noise_mode: str) -> bool:
+    """ValueError for impossible options; True when boundary distances are needed (boundary noise)."""
+    if num_points < 1:
+        raise ValueError(f"num_points must be >= 1, got {num_points}")
+    if not 0.0 <= noise_rate <= 1.0:
+        raise ValueError(f"noise_rate must be in [0, 1], got {noise_rate}")
+    if noise_mode not in ("random", "boundary"):
+        raise ValueError(f"noise_mode must be 'random' or 'boundary', got {noise_mode!r}")
+    return noise_rate > 0 and noise_mode == "boundary"
+
+
 def simulate_point_annotations(
     instances: CocoInstances,
     *,
@@ -833,14 +845,8 @@ def simulate_point_annotations(
         CocoFormatError: a missing segmentation, bad polygon coordinates or RLE data, naming the
             first such annotation in file order (the same for any number of workers).
     """
-    if num_points < 1:
-        raise ValueError(f"num_points must be >= 1, got {num_points}")
-    if not 0.0 <= noise_rate <= 1.0:
-        raise ValueError(f"noise_rate must be in [0, 1], got {noise_rate}")
-    if noise_mode not in ("random", "boundary"):
-        raise ValueError(f"noise_mode must be 'random' or 'boundary', got {noise_mode!r}")
+    boundary = check_simulation_options(num_points, noise_rate, noise_mode)
     versions = list(versions)
-    boundary = noise_rate > 0 and noise_mode == "boundary"
     anns = instances.annotations
     A = len(anns)
     if not all(map(contains, anns, repeat("segmentation"))):  # checked before anything is dropped

@@ -65,6 +65,7 @@ from .point_simulation import (
     _image_sizes,
     _read_chunk,
     add_label_noise,
+    check_simulation_options,
     keep_freed_memory,
     set_point_fields,
 )
@@ -477,14 +478,8 @@ class ShardedSimulation:
         progress: Callable[[int], None] | None = None,
     ) -> SimulationStats:
         """Simulate every version (arguments as in ``simulate_point_annotations``); counts."""
-        if num_points < 1:
-            raise ValueError(f"num_points must be >= 1, got {num_points}")
-        if not 0.0 <= noise_rate <= 1.0:
-            raise ValueError(f"noise_rate must be in [0, 1], got {noise_rate}")
-        if noise_mode not in ("random", "boundary"):
-            raise ValueError(f"noise_mode must be 'random' or 'boundary', got {noise_mode!r}")
+        boundary = check_simulation_options(num_points, noise_rate, noise_mode)
         versions = list(versions)
-        boundary = noise_rate > 0 and noise_mode == "boundary"
         args = (num_points, seed, versions, boundary, drop_segmentation, chunk_size)
         shards = self._workers.request("simulate", [args] * len(self._counts), progress)
         has = np.concatenate([s["has"] for s in shards])
