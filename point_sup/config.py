@@ -38,6 +38,12 @@ def add_point_sup_config(cfg: CN) -> CN:
         IMAGE_FEATURE_ENABLED: feed fine-grained p2 features to the point head.
         POS_ENC_ENABLED: random Fourier encoding of box-relative coordinates instead of raw (x, y).
         PARAMS_L2_REGULARIZER: weight of the L2 loss on the generated point-head parameters (1e-5).
+        PARAMS_INIT: initial generated parameters. "reference" (default; Detectron2's and the paper's
+            code): the parameter head's prediction layer starts with N(0, 0.001²) weights and zero
+            bias, so every generated weight starts near 0. "shared": the same prediction weights, but
+            its bias holds one randomly initialised point-head MLP (He-normal weights, zero biases),
+            so every instance starts from a well-scaled MLP that the head then modulates (see
+            point_sup.modeling.implicit_point_rend.DynamicPointHead.initial_params).
     """
     _set_default(cfg.INPUT, "POINT_SUP", False)
     _set_default(cfg.INPUT, "SAMPLE_POINTS", 0)
@@ -72,4 +78,5 @@ def add_point_sup_config(cfg: CN) -> CN:
     _set_default(implicit, "IMAGE_FEATURE_ENABLED", True)
     _set_default(implicit, "POS_ENC_ENABLED", True)
     _set_default(implicit, "PARAMS_L2_REGULARIZER", 1e-5)
+    _set_default(implicit, "PARAMS_INIT", "reference")
     return cfg

@@ -171,6 +171,23 @@ class DynamicPointHead(nn.Module):
         self.layer_shapes: list[tuple[int, int]] = list(zip(dims[1:], dims[:-1], strict=True))
         self.num_params = sum(o * i + o for o, i in self.layer_shapes)
 
+    def initial_params(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One randomly initialised point-head MLP as a (num_params,) vector (the layout above).
+
+        Weights of the hidden layers are He-normal (std ``sqrt(2 / in)``, for the ReLU after them),
+        of the output layer ``sqrt(1 / in)``; biases are zero. Used as the bias of the parameter
+        head's prediction layer with ``PARAMS_INIT: shared``: with the reference initialisation every
+        generated weight starts near 0, and through the NUM_FC + 1 generated layers the gradient
+        reaching the first ones is a product of those near-zero weights, so early training can hardly
+        shape the mask (it learns a near-constant logit per box first).
+        """
+        weights = []
+        for k, (out_dim, in_dim) in enumerate(self.layer_shapes):
+            gain = 2.0 if k < len(self.layer_shapes) - 1 else 1.0
+            weights.append(torch.randn(out_dim * in_dim, generator=generator) * math.sqrt(gain / in_dim))
+        biases = [torch.zeros(out_dim) for out_dim, _ in self.layer_shapes]
+        return torch.cat(weights + biases)
+
     def split_params(self, params: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Cut the generated parameter vectors into per-layer weights and biases.
 
@@ -298,6 +315,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         image_feature_enabled: bool,
         pos_enc_enabled: bool,
         params_l2_weight: float,
+        params_init: str = "reference",
         point_sup: bool,
         train_num_points: int,
         subdivision_steps: int,
@@ -315,6 +333,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             point_fc_dim, point_num_fc: point head MLP (POINT_HEAD.FC_DIM, NUM_FC).
             image_feature_enabled, pos_enc_enabled: point head inputs (MODEL.IMPLICIT_POINTREND).
             params_l2_weight: weight of the L2 loss on generated parameters.
+            params_init: "reference" or "shared" (MODEL.IMPLICIT_POINTREND.PARAMS_INIT).
             point_sup: train from ``gt_point_coords``/``gt_point_labels`` instead of ``gt_masks``.
             train_num_points: points per RoI sampled uniformly in the box when training from masks.
             subdivision_steps: adaptive subdivision steps; each doubles the side (3: 28 → 224).
@@ -348,9 +367,14 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             height=pooler_resolution,
             width=pooler_resolution,
         )
+        if params_init not in ("reference", "shared"):
+            raise ValueError(f"PARAMS_INIT must be 'reference' or 'shared', got {params_init!r}")
         self.param_head = ParameterHead(
             pooled_shape, conv_dim=conv_dim, fc_dims=fc_dims, num_outputs=self.point_head.num_params
         )
+        if params_init == "shared":  # drawn last: every other initial weight is as with "reference"
+            with torch.no_grad():
+                self.param_head.predictor.bias.copy_(self.point_head.initial_params())
         logger.info(
             "Implicit PointRend: %d generated point-head parameters per instance, %d trainable parameters",
             self.point_head.num_params,
@@ -388,6 +412,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             "image_feature_enabled": implicit.IMAGE_FEATURE_ENABLED,
             "pos_enc_enabled": implicit.POS_ENC_ENABLED,
             "params_l2_weight": implicit.PARAMS_L2_REGULARIZER,
+            "params_init": implicit.PARAMS_INIT,
             "point_sup": cfg.INPUT.POINT_SUP,
             "train_num_points": point.TRAIN_NUM_POINTS,
             "subdivision_steps": point.SUBDIVISION_STEPS,

@@ -410,6 +410,35 @@ def test_gradients_reach_parameter_head_from_both_losses():
     assert ours.param_head.predictor.weight.grad.abs().sum() > 0
 
 
+def test_shared_params_init_is_one_well_scaled_mlp_that_passes_gradients():
+    heads = {}
+    for init in ("reference", "shared"):
+        torch.manual_seed(0)
+        key = "MODEL.IMPLICIT_POINTREND."
+        cfg = head_cfg(**{key + "PARAMS_INIT": init, key + "PARAMS_L2_REGULARIZER": 0.0})
+        heads[init] = PointSupImplicitPointRendMaskHead(cfg, input_shapes()).train()
+    assert (heads["reference"].param_head.predictor.bias == 0).all()  # Detectron2's initialisation
+    point_head = heads["shared"].point_head
+    weights, biases = point_head.split_params(heads["shared"].param_head.predictor.bias.detach()[None])
+    for k, (w, (_, fan_in)) in enumerate(zip(weights, point_head.layer_shapes, strict=True)):
+        expected = math.sqrt((2.0 if k < len(weights) - 1 else 1.0) / fan_in)  # He-normal; linear output
+        assert abs(float(w.std()) / expected - 1.0) < 0.2, k
+    assert all((b == 0).all() for b in biases)
+    # The same predictor weights: instances still start near one shared MLP, modulated per instance.
+    torch.testing.assert_close(
+        heads["shared"].param_head.predictor.weight, heads["reference"].param_head.predictor.weight
+    )
+    # Gradient reaching the first generated layer (its rows of the prediction layer).
+    first = point_head.layer_shapes[0][0] * point_head.layer_shapes[0][1]
+    grads = {}
+    for init, head in heads.items():
+        with EventStorage():
+            losses = head(random_features(2), proposals_with_masks([2, 3], num_classes=5))
+        losses["loss_mask_point"].backward()
+        grads[init] = float(head.param_head.predictor.weight.grad[:first].norm())
+    assert grads["shared"] > 100 * grads["reference"] > 0, grads
+
+
 def test_point_supervision_ignores_points_outside_box_and_ignore_labels():
     cfg = head_cfg(**{"INPUT.POINT_SUP": True})
     _, ours = build_pair(cfg)
@@ -453,6 +482,10 @@ def test_zero_proposals_and_zero_detections():
 
 
 def test_config_validation():
+    with pytest.raises(ValueError, match="PARAMS_INIT"):
+        PointSupImplicitPointRendMaskHead(
+            head_cfg(**{"MODEL.IMPLICIT_POINTREND.PARAMS_INIT": "zeros"}), input_shapes()
+        )
     with pytest.raises(ValueError, match="POOLER_TYPE"):
         PointSupImplicitPointRendMaskHead(head_cfg(), ShapeSpec(channels=32, height=14, width=14))
     with pytest.raises(ValueError, match="square"):
