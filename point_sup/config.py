@@ -25,6 +25,13 @@ def add_point_sup_config(cfg: CN) -> CN:
             instead of masks.
         SAMPLE_POINTS: point-based augmentation (paper §3.2): each iteration keeps this many randomly
             chosen labelled points per instance (5 for P10: "half of all available points"); 0 keeps all.
+    MODEL.POINT_LOSS (the one point loss of every head, point_sup.modeling.point_loss)
+        NORMALIZATION: "all_points" (default; Detectron2's ``roi_mask_point_loss``: the BCE summed
+            over supervised points, divided by all labelled points, ignored ones included) or
+            "valid_points" (divided by the supervised points only).
+        MASK_POINT_LABELS: labels of points sampled on ground-truth masks (PointRend and Implicit
+            PointRend trained from masks): "bilinear" (default; Detectron2's PointRend: the bit mask
+            interpolated at the point) or "pixel" (the value of the containing pixel).
     MODEL.ROI_MASK_HEAD (PointRend coarse head / Implicit PointRend parameter head)
         FC_DIM, NUM_FC: fully connected layers of the head; OUTPUT_SIDE_RESOLUTION: PointRend's coarse
         mask side (7); IN_FEATURES: features pooled for the head; POINT_HEAD_ON: PointRend's switch.
@@ -47,6 +54,11 @@ def add_point_sup_config(cfg: CN) -> CN:
     """
     _set_default(cfg.INPUT, "POINT_SUP", False)
     _set_default(cfg.INPUT, "SAMPLE_POINTS", 0)
+
+    if "POINT_LOSS" not in cfg.MODEL:
+        cfg.MODEL.POINT_LOSS = CN()
+    _set_default(cfg.MODEL.POINT_LOSS, "NORMALIZATION", "all_points")
+    _set_default(cfg.MODEL.POINT_LOSS, "MASK_POINT_LABELS", "bilinear")
 
     mask_head = cfg.MODEL.ROI_MASK_HEAD
     _set_default(mask_head, "FC_DIM", 1024)

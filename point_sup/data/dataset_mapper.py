@@ -26,6 +26,7 @@ from .datasets import POINT_ANNOTATION_KEYS
 
 __all__ = [
     "IGNORE_LABEL",
+    "PADDING_LABEL",
     "PointSupDatasetMapper",
     "empty_point_instances",
     "pad_point_annotations",
@@ -35,7 +36,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IGNORE_LABEL = -1.0  # gt_point_labels value of padding and of points outside the image
+# gt_point_labels besides 1 (object) and 0 (background). The two are told apart because the point
+# loss's default normalisation (Detectron2's) counts ignored points in its mean and padding not.
+IGNORE_LABEL = -1.0  # a labelled point that is not supervised: it left the image (or its proposal box)
+PADDING_LABEL = -2.0  # not a point: fills up instances with fewer points than the most of their image
 
 
 def transform_point_annotations(
@@ -84,7 +88,7 @@ def subsample_points(
     there are fewer), returned in their original order.
 
     Args:
-        point_labels: (P,) labels, -1 = ignore.
+        point_labels: (P,) labels; negative = ignore.
         num_points: how many to keep; must be > 0.
         generator: torch generator to draw from; None uses torch's default generator, which PyTorch's
             DataLoader seeds differently in every worker (and Detectron2's ``seed_all_rng`` /
@@ -96,7 +100,7 @@ def subsample_points(
     """
     if num_points <= 0:
         raise ValueError(f"num_points must be positive, got {num_points}")
-    valid = np.flatnonzero(np.asarray(point_labels) != IGNORE_LABEL)
+    valid = np.flatnonzero(np.asarray(point_labels) >= 0)
     if len(valid) <= num_points:
         return valid.astype(np.int64)
     order = torch.randperm(len(valid), generator=generator).numpy()
@@ -114,12 +118,12 @@ def pad_point_annotations(
 
     Returns:
         gt_point_coords: (R, P, 2) float32, P = max P_r (0 if R = 0); padding coordinates are 0.
-        gt_point_labels: (R, P) float32, padding is -1 (ignore).
+        gt_point_labels: (R, P) float32, padding is ``PADDING_LABEL`` (-2).
     """
     num = len(coords)
     max_points = max((len(c) for c in coords), default=0)
     out_coords = torch.zeros((num, max_points, 2), dtype=torch.float32)
-    out_labels = torch.full((num, max_points), IGNORE_LABEL, dtype=torch.float32)
+    out_labels = torch.full((num, max_points), PADDING_LABEL, dtype=torch.float32)
     for i, (c, lab) in enumerate(zip(coords, labels, strict=True)):
         out_coords[i, : len(c)] = torch.as_tensor(np.asarray(c, dtype=np.float32).reshape(-1, 2))
         out_labels[i, : len(lab)] = torch.as_tensor(np.asarray(lab, dtype=np.float32))
@@ -146,8 +150,9 @@ class PointSupDatasetMapper(DatasetMapper):
     ``gt_point_coords``
         (R, P, 2) float32, absolute (x, y) in the transformed image's continuous coordinates;
     ``gt_point_labels``
-        (R, P) float32: 1 = object, 0 = background, -1 = ignore (padding to P = the most points of an
-        instance of this image; points that left the image through crop or rotation).
+        (R, P) float32: 1 = object, 0 = background, -1 = ignore (``IGNORE_LABEL``: points that left
+        the image through crop or rotation), -2 = padding (``PADDING_LABEL``: to P = the most points of
+        an instance of this image).
 
     Every geometric augmentation of Detectron2 applies, crop included (``INPUT.CROP``; boxes are
     clipped, and recomputed from masks only where the image has masks). Instances may have different

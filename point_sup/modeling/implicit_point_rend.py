@@ -23,18 +23,22 @@ weight matrices layer by layer, each ``(out, in)`` row-major, then all bias vect
 Layers: ``in_channels → FC_DIM`` then ``NUM_FC - 1`` times ``FC_DIM → FC_DIM`` (ReLU after each of these
 ``NUM_FC`` hidden layers), then ``FC_DIM → K`` logits, K = NUM_CLASSES or 1 (CLS_AGNOSTIC_MASK).
 
-Loss (paper §4.3): the point BCE (:func:`~point_sup.modeling.point_loss.point_bce_loss`, mean over
-valid points) as ``loss_mask_point`` plus ``loss_l2 = PARAMS_L2_REGULARIZER * mean(params²)``, the mean
-of the squared generated parameters over all instances and all ``num_params`` entries (Detectron2's
-definition; it is ``0`` with a gradient graph when there is no instance).
+Loss (paper §4.3): the point BCE (:func:`~point_sup.modeling.point_loss.point_bce_loss`, normalised
+as ``MODEL.POINT_LOSS.NORMALIZATION`` says) as ``loss_mask_point`` plus
+``loss_l2 = PARAMS_L2_REGULARIZER * mean(params²)``, the mean of the squared generated parameters
+over all instances and all ``num_params`` entries (Detectron2's definition; it is ``0`` with a
+gradient graph when there is no instance).
+
+Training from masks labels the uniformly sampled points as Detectron2 does by default (the bit mask
+interpolated bilinearly, soft labels near edges); ``MODEL.POINT_LOSS.MASK_POINT_LABELS: "pixel"``
+labels a point by the mask pixel that contains it instead
+(:func:`~point_sup.modeling.point_loss.mask_labels_at_points`: the rule by which P_N points are
+labelled).
 
 Differences from Detectron2's ``ImplicitPointRendMaskHead``, all deliberate:
 
-* Training from masks labels a point by the mask pixel that contains it
-  (:func:`~point_sup.modeling.point_loss.mask_labels_at_points`: the rule by which P_N points are
-  labelled), whereas Detectron2 interpolates the bit mask bilinearly (soft labels near edges).
-* Training from points (INPUT.POINT_SUP) is supported; ignored points (label -1, outside the proposal
-  box, padding) do not count in the BCE mean.
+* Training from points (INPUT.POINT_SUP) is supported, as in Detectron2's PointSup
+  (``ImplicitPointRendPointSupHead``): points outside the proposal box are ignored.
 * Inference evaluates only the predicted class's output row of the point head and keeps (R, 1, H, W)
   logits instead of (R, K, H, W): the same ``pred_masks``, K times less memory at 224².
 * Zero instances work in training (the reference's ``mean`` of an empty tensor is NaN) and inference.
@@ -320,6 +324,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         train_num_points: int,
         subdivision_steps: int,
         subdivision_num_points: int,
+        point_loss_normalization: str = "all_points",
+        mask_point_labels: str = "bilinear",
     ) -> None:
         """
         Args:
@@ -338,6 +344,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             train_num_points: points per RoI sampled uniformly in the box when training from masks.
             subdivision_steps: adaptive subdivision steps; each doubles the side (3: 28 → 224).
             subdivision_num_points: N points recomputed per step; the initial grid is sqrt(N) a side.
+            point_loss_normalization, mask_point_labels: ``MODEL.POINT_LOSS.*``.
         """
         super().__init__()
         self.param_in_features = tuple(param_in_features)
@@ -349,6 +356,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         self.train_num_points = train_num_points
         self.subdivision_steps = subdivision_steps
         self.subdivision_num_points = subdivision_num_points
+        self.point_loss_normalization = point_loss_normalization
+        self.mask_point_labels = mask_point_labels
         self.init_resolution = math.isqrt(subdivision_num_points)
         if self.init_resolution**2 != subdivision_num_points:
             # The initial grid is sqrt(N) x sqrt(N) so that step 0 evaluates exactly N points too.
@@ -417,6 +426,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             "train_num_points": point.TRAIN_NUM_POINTS,
             "subdivision_steps": point.SUBDIVISION_STEPS,
             "subdivision_num_points": point.SUBDIVISION_NUM_POINTS,
+            "point_loss_normalization": cfg.MODEL.POINT_LOSS.NORMALIZATION,
+            "mask_point_labels": cfg.MODEL.POINT_LOSS.MASK_POINT_LABELS,
         }
 
     @property
@@ -515,7 +526,9 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             gt_classes = torch.zeros(0, dtype=torch.int64, device=params.device)
         logits = select_class_logits(logits, gt_classes)[:, 0]
         return {
-            "loss_mask_point": point_bce_loss(logits, point_labels, log_prefix="implicit_point_rend"),
+            "loss_mask_point": point_bce_loss(
+                logits, point_labels, self.point_loss_normalization, log_prefix="implicit_point_rend"
+            ),
             "loss_l2": loss_l2,
         }
 
@@ -525,7 +538,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         """TRAIN_NUM_POINTS uniform box-relative points per proposal, labelled from ``gt_masks``.
 
         Returns:
-            point_coords: (R, P, 2) box-relative (u, v); point_labels: (R, P) in {0, 1}.
+            point_coords: (R, P, 2) box-relative (u, v); point_labels: (R, P) in [0, 1].
         """
         cat_boxes = Boxes.cat(boxes)
         R = len(cat_boxes)
@@ -541,7 +554,9 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
                 coords = get_point_coords_wrt_image(
                     inst.proposal_boxes.tensor, point_coords[start : start + n]
                 )
-                labels.append(mask_labels_at_points(inst.gt_masks, coords, inst.image_size))
+                labels.append(
+                    mask_labels_at_points(inst.gt_masks, coords, inst.image_size, self.mask_point_labels)
+                )
                 start += n
         point_labels = torch.cat(labels) if labels else point_coords.new_zeros((0, self.train_num_points))
         return point_coords, point_labels

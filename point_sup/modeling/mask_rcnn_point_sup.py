@@ -4,8 +4,9 @@ The architecture is Detectron2's unchanged: a 28x28 class-specific (or class-agn
 prediction aligned with the proposal box. With ``INPUT.POINT_SUP`` the mask loss is computed at the
 P_N labelled points instead of on a grid of mask labels: the 28x28 logits are interpolated
 bilinearly at each point's box-relative coordinates (:func:`roi_grid_point_loss`), points outside
-the proposal box are ignored, and a BCE is averaged over the remaining points. Gradients therefore
-reach only the (at most four) cells around each labelled in-box point.
+the proposal box are ignored, and the point BCE is normalised as ``MODEL.POINT_LOSS.NORMALIZATION``
+says (Detectron2's PointSup by default: divided by all labelled points). Gradients therefore reach
+only the (at most four) cells around each labelled in-box point.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def roi_grid_point_loss(
     instances: list[Instances],
     log_prefix: str = "",
     point_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    normalization: str = "all_points",
 ) -> torch.Tensor:
     """Point BCE of an RoI-grid mask prediction at the labelled points of its proposals.
 
@@ -47,6 +49,7 @@ def roi_grid_point_loss(
             ``gt_point_coords`` (R_i, P_i, 2) image coordinates and ``gt_point_labels`` (R_i, P_i).
         log_prefix: storage prefix for point accuracy / valid fraction (see :func:`point_bce_loss`).
         point_targets: ``get_point_targets(instances)`` if the caller has it already.
+        normalization: of the point BCE (see :func:`~point_sup.modeling.point_loss.point_bce_loss`).
 
     Returns:
         Scalar loss; ``0 * mask_logits.sum()`` when there is no proposal or no valid point, so the
@@ -62,7 +65,9 @@ def roi_grid_point_loss(
     class_logits = select_class_logits(mask_logits, gt_classes)
     # Box-relative (u, v) are the normalized coordinates of a box-aligned grid (point_features doc).
     point_logits = point_sample(class_logits, point_coords.to(class_logits.dtype)).squeeze(1)
-    return point_bce_loss(point_logits, point_labels.to(point_logits.device), log_prefix=log_prefix)
+    return point_bce_loss(
+        point_logits, point_labels.to(point_logits.device), normalization=normalization, log_prefix=log_prefix
+    )
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -76,19 +81,29 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     """
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, point_sup: bool = False, **kwargs):
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        point_sup: bool = False,
+        point_loss_normalization: str = "all_points",
+        **kwargs,
+    ):
         """
         Args:
             input_shape, kwargs: as for :class:`MaskRCNNConvUpsampleHead`.
             point_sup: train from ``gt_point_coords`` / ``gt_point_labels`` instead of ``gt_masks``.
+            point_loss_normalization: ``MODEL.POINT_LOSS.NORMALIZATION``.
         """
         super().__init__(input_shape, **kwargs)
         self.point_sup = point_sup
+        self.point_loss_normalization = point_loss_normalization
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
         ret = super().from_config(cfg, input_shape)
         ret["point_sup"] = bool(cfg.INPUT.POINT_SUP)
+        ret["point_loss_normalization"] = cfg.MODEL.POINT_LOSS.NORMALIZATION
         return ret
 
     def forward(self, x: torch.Tensor, instances: list[Instances]):
@@ -105,7 +120,9 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         x = self.layers(x)
         if self.training:
             if self.point_sup:
-                loss = roi_grid_point_loss(x, instances, log_prefix="mask_rcnn_point")
+                loss = roi_grid_point_loss(
+                    x, instances, log_prefix="mask_rcnn_point", normalization=self.point_loss_normalization
+                )
             else:
                 loss = mask_rcnn_loss(x, instances, self.vis_period)
             return {"loss_mask": loss * self.loss_weight}

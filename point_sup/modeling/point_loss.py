@@ -1,10 +1,27 @@
 """The point-level mask loss (paper §3.2) and the targets it compares against.
 
 Every point-supervised head reduces its prediction to one logit per labelled point and calls
-:func:`point_bce_loss`. Labels are float: 1 = object, 0 = background, -1 = ignore. A point is
-ignored when it is padding (instances of one batch may have different numbers of points), when it
-left the image under augmentation, or when it lies outside the proposal box the prediction is made
-for (paper §3.2: "points outside the proposal box are ignored").
+:func:`point_bce_loss`. Labels are float: 1 = object, 0 = background, -1 = ignore (``IGNORE_LABEL``),
+-2 = padding (``PADDING_LABEL``; instances of one batch may have different numbers of points). A
+point is ignored when it left the image under augmentation, or when it lies outside the proposal box
+the prediction is made for (paper §3.2: "points outside the proposal box are ignored").
+
+Normalisation of the BCE (``MODEL.POINT_LOSS.NORMALIZATION``):
+
+``"all_points"`` (default: Detectron2's PointSup/PointRend ``roi_mask_point_loss``, the code behind
+    the paper's numbers)
+    the sum of the BCE over the supervised points divided by the number of labelled points,
+    ignored ones included (Detectron2: ``weight=~ignored, reduction="mean"`` over all R x P points);
+    padding is not a point and is never counted. Every ignored point therefore scales the loss down.
+``"valid_points"`` (point_sup's option)
+    the mean over the supervised points only: the loss of one point does not depend on how many
+    others of the batch fell outside their proposal boxes.
+
+Labels of points sampled on ground-truth masks (heads trained from masks,
+``MODEL.POINT_LOSS.MASK_POINT_LABELS``, :func:`mask_labels_at_points`): ``"bilinear"`` (default,
+Detectron2's PointRend: the bit mask interpolated at the point, soft labels near edges) or
+``"pixel"`` (point_sup's option: the value of the pixel that contains the point, the rule by which
+P_N points are labelled).
 """
 
 from __future__ import annotations
@@ -16,17 +33,22 @@ import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
-from .point_features import get_point_coords_wrt_box
+from ..data.dataset_mapper import IGNORE_LABEL, PADDING_LABEL
+from .point_features import get_point_coords_wrt_box, point_sample
 
 __all__ = [
     "IGNORE_LABEL",
+    "MASK_POINT_LABELS",
+    "NORMALIZATIONS",
+    "PADDING_LABEL",
     "get_point_targets",
     "mask_labels_at_points",
     "point_bce_loss",
     "select_class_logits",
 ]
 
-IGNORE_LABEL = -1.0
+NORMALIZATIONS = ("all_points", "valid_points")
+MASK_POINT_LABELS = ("bilinear", "pixel")
 
 
 def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,8 +61,8 @@ def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, tor
 
     Returns:
         point_coords: (R, P, 2) box-relative (u, v) for the R = sum R_i proposals, P = max P_i.
-        point_labels: (R, P) float; -1 for padding, ignored points and points outside the
-            proposal box (closed interval: a point on the box edge counts as inside).
+        point_labels: (R, P) float; -1 for ignored points and points outside the proposal box
+            (closed interval: a point on the box edge counts as inside), -2 for padding.
     """
     coords, labels = [], []
     for inst in instances:
@@ -48,7 +70,7 @@ def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, tor
             continue
         rel = get_point_coords_wrt_box(inst.proposal_boxes.tensor, inst.gt_point_coords.to(torch.float32))
         lab = inst.gt_point_labels.to(torch.float32).clone()
-        outside = ((rel < 0.0) | (rel > 1.0)).any(dim=2)
+        outside = ((rel < 0.0) | (rel > 1.0)).any(dim=2) & (lab != PADDING_LABEL)
         lab[outside] = IGNORE_LABEL
         coords.append(rel)
         labels.append(lab)
@@ -57,33 +79,47 @@ def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, tor
         return torch.zeros((0, 0, 2), device=device), torch.zeros((0, 0), device=device)
     num_points = max(c.shape[1] for c in coords)
     coords = [F.pad(c, (0, 0, 0, num_points - c.shape[1])) for c in coords]
-    labels = [F.pad(lab, (0, num_points - lab.shape[1]), value=IGNORE_LABEL) for lab in labels]
+    labels = [F.pad(lab, (0, num_points - lab.shape[1]), value=PADDING_LABEL) for lab in labels]
     return torch.cat(coords), torch.cat(labels)
 
 
 def mask_labels_at_points(
-    gt_masks: PolygonMasks | BitMasks, point_coords_wrt_image: torch.Tensor, image_size: tuple[int, int]
+    gt_masks: PolygonMasks | BitMasks,
+    point_coords_wrt_image: torch.Tensor,
+    image_size: tuple[int, int],
+    mode: str = "bilinear",
 ) -> torch.Tensor:
     """Ground-truth mask values at image points, for heads trained from masks with sampled points.
 
-    The label of a point is the mask value of the pixel that contains it (``floor`` of its image
-    coordinates): the same rule by which P_N annotations label their points. Points outside the
-    image get 0.
-
     Args:
-        gt_masks: R masks of one image.
+        gt_masks: R masks of one image (polygons are rasterized to the image as Detectron2's
+            ``BitMasks.from_polygon_masks`` does).
         point_coords_wrt_image: (R, P, 2) image coordinates (x, y).
         image_size: (H, W) of the image the masks belong to.
+        mode: ``"bilinear"``: the bit mask interpolated bilinearly at the point, pixel values at the
+            pixel centres ``(i + 0.5, j + 0.5)`` and 0 beyond the image (Detectron2's PointRend
+            ``sample_point_labels``; soft labels in (0, 1) between pixels of different value).
+            ``"pixel"``: the value of the pixel that contains the point (``floor`` of its image
+            coordinates; the rule by which P_N annotations label their points); 0 outside the image.
 
     Returns:
-        (R, P) float labels in {0, 1}.
+        (R, P) float32 labels in [0, 1] (in {0, 1} for ``"pixel"``).
     """
+    if mode not in MASK_POINT_LABELS:
+        raise ValueError(
+            f"MODEL.POINT_LOSS.MASK_POINT_LABELS must be one of {MASK_POINT_LABELS}, got {mode!r}"
+        )
     if isinstance(gt_masks, PolygonMasks):
         gt_masks = BitMasks.from_polygon_masks(gt_masks, *image_size)
     masks = gt_masks.tensor.to(point_coords_wrt_image.device)
     R, H, W = masks.shape
     if R == 0:
         return point_coords_wrt_image.new_zeros(point_coords_wrt_image.shape[:2])
+    if mode == "bilinear":
+        # A map covering the image exactly: image coordinates / (W, H) are its normalized coordinates.
+        scale = point_coords_wrt_image.new_tensor([W, H])
+        normalized = point_coords_wrt_image.to(torch.float32) / scale
+        return point_sample(masks.to(torch.float32).unsqueeze(1), normalized).squeeze(1)
     cols = torch.floor(point_coords_wrt_image[..., 0]).long()
     rows = torch.floor(point_coords_wrt_image[..., 1]).long()
     inside = (cols >= 0) & (cols < W) & (rows >= 0) & (rows < H)
@@ -108,13 +144,18 @@ def select_class_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Te
 
 
 def point_bce_loss(
-    point_logits: torch.Tensor, point_labels: torch.Tensor, log_prefix: str = ""
+    point_logits: torch.Tensor,
+    point_labels: torch.Tensor,
+    normalization: str = "all_points",
+    log_prefix: str = "",
 ) -> torch.Tensor:
-    """Binary cross-entropy averaged over the valid (label >= 0) points.
+    """Binary cross-entropy at labelled points, normalised as the module docstring says.
 
     Args:
         point_logits: (R, P) logits at the labelled points.
-        point_labels: (R, P) float in {1, 0, -1}; -1 = ignore.
+        point_labels: (R, P) float targets in [0, 1]; -1 = ignore, -2 = padding.
+        normalization: ``"all_points"`` (Detectron2's: divide by the number of labelled points,
+            ignored ones included) or ``"valid_points"`` (divide by the number of supervised ones).
         log_prefix: if given and an event storage is active, the point accuracy and the fraction
             of valid points are logged under ``{log_prefix}/...``.
 
@@ -122,12 +163,18 @@ def point_bce_loss(
         A scalar. With no valid point it is ``0 * point_logits.sum()``, so the graph (and DDP's
         expectation that every parameter gets a gradient) is kept.
     """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"MODEL.POINT_LOSS.NORMALIZATION must be one of {NORMALIZATIONS}, got {normalization!r}"
+        )
     valid = point_labels >= 0
     if log_prefix:
         _log_point_stats(point_logits, point_labels, valid, log_prefix)
     if not bool(valid.any()):
         return point_logits.sum() * 0.0
-    return F.binary_cross_entropy_with_logits(point_logits[valid], point_labels[valid], reduction="mean")
+    total = F.binary_cross_entropy_with_logits(point_logits[valid], point_labels[valid], reduction="sum")
+    count = valid.sum() if normalization == "valid_points" else (point_labels != PADDING_LABEL).sum()
+    return total / count
 
 
 def _log_point_stats(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prefix: str) -> None:
@@ -138,4 +185,5 @@ def _log_point_stats(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Te
     num_valid = int(valid.sum())
     correct = ((logits > 0) == (labels > 0.5)) & valid
     storage.put_scalar(f"{prefix}/accuracy", float(correct.sum()) / max(num_valid, 1))
-    storage.put_scalar(f"{prefix}/valid_point_fraction", num_valid / max(labels.numel(), 1))
+    num_points = int((labels != PADDING_LABEL).sum())
+    storage.put_scalar(f"{prefix}/valid_point_fraction", num_valid / max(num_points, 1))

@@ -15,7 +15,9 @@ Training from points (``INPUT.POINT_SUP``): ``loss_mask`` is the point BCE of th
 interpolated bilinearly at the labelled points, ``loss_mask_point`` the point BCE of the point head
 evaluated at the same labelled points. Training from masks: PointRend's recipe (``mask_rcnn_loss``
 of the coarse logits at 7x7; the point head at ``TRAIN_NUM_POINTS`` importance-sampled points
-labelled from the masks). Inference: adaptive subdivision from the coarse prediction.
+labelled from the masks, bilinearly by default: ``MODEL.POINT_LOSS.MASK_POINT_LABELS``). Both
+point BCEs are normalised as ``MODEL.POINT_LOSS.NORMALIZATION`` says. Inference: adaptive
+subdivision from the coarse prediction.
 
 The head must be used with ``ROI_MASK_HEAD.POOLER_TYPE: ""`` so that ``StandardROIHeads`` hands it
 the feature dict of ``ROI_HEADS.IN_FEATURES`` instead of pooled features.
@@ -212,6 +214,8 @@ class PointSupPointRendMaskHead(nn.Module):
         importance_sample_ratio: float,
         subdivision_steps: int,
         subdivision_num_points: int,
+        point_loss_normalization: str = "all_points",
+        mask_point_labels: str = "bilinear",
     ):
         """
         Args:
@@ -225,6 +229,7 @@ class PointSupPointRendMaskHead(nn.Module):
             train_num_points, oversample_ratio, importance_sample_ratio: point selection when
                 training from masks (PointRend's N, k, beta).
             subdivision_steps, subdivision_num_points: adaptive subdivision at inference.
+            point_loss_normalization, mask_point_labels: ``MODEL.POINT_LOSS.*``.
         """
         super().__init__()
         missing = set(coarse_in_features) | set(point_in_features if point_head is not None else ())
@@ -253,6 +258,8 @@ class PointSupPointRendMaskHead(nn.Module):
         self.subdivision_init_side = init_side
         self.subdivision_steps = steps
         self.subdivision_num_points = subdivision_num_points
+        self.point_loss_normalization = point_loss_normalization
+        self.mask_point_labels = mask_point_labels
 
     @classmethod
     def from_config(cls, cfg, input_shape) -> dict:
@@ -293,6 +300,8 @@ class PointSupPointRendMaskHead(nn.Module):
             "importance_sample_ratio": point_cfg.IMPORTANCE_SAMPLE_RATIO,
             "subdivision_steps": point_cfg.SUBDIVISION_STEPS,
             "subdivision_num_points": point_cfg.SUBDIVISION_NUM_POINTS,
+            "point_loss_normalization": cfg.MODEL.POINT_LOSS.NORMALIZATION,
+            "mask_point_labels": cfg.MODEL.POINT_LOSS.MASK_POINT_LABELS,
         }
 
     # ------------------------------------------------------------------ forward
@@ -365,7 +374,11 @@ class PointSupPointRendMaskHead(nn.Module):
         """Both losses at the labelled points (out-of-box, ignored and padding points excluded)."""
         point_coords, point_labels = get_point_targets(instances)
         loss_mask = roi_grid_point_loss(
-            coarse, instances, log_prefix="point_rend_coarse", point_targets=(point_coords, point_labels)
+            coarse,
+            instances,
+            log_prefix="point_rend_coarse",
+            point_targets=(point_coords, point_labels),
+            normalization=self.point_loss_normalization,
         )
         losses = {"loss_mask": loss_mask}
         if self.point_head is None:
@@ -376,7 +389,9 @@ class PointSupPointRendMaskHead(nn.Module):
         boxes = [inst.proposal_boxes for inst in instances]
         point_logits = self._point_logits(features, boxes, point_coords.to(coarse.dtype), coarse)
         point_logits = select_class_logits(point_logits, self._gt_classes(instances)).squeeze(1)
-        losses["loss_mask_point"] = point_bce_loss(point_logits, point_labels, log_prefix="point_rend_point")
+        losses["loss_mask_point"] = point_bce_loss(
+            point_logits, point_labels, self.point_loss_normalization, log_prefix="point_rend_point"
+        )
         return losses
 
     def _mask_losses(
@@ -405,11 +420,15 @@ class PointSupPointRendMaskHead(nn.Module):
                 instances, torch.split(coords_wrt_image, [len(i) for i in instances]), strict=True
             ):
                 if len(inst) > 0:
-                    labels.append(mask_labels_at_points(inst.gt_masks, coords, inst.image_size))
+                    labels.append(
+                        mask_labels_at_points(inst.gt_masks, coords, inst.image_size, self.mask_point_labels)
+                    )
             point_labels = cat(labels)
         point_logits = self._point_logits(features, boxes, point_coords, coarse)
         point_logits = select_class_logits(point_logits, gt_classes).squeeze(1)
-        losses["loss_mask_point"] = point_bce_loss(point_logits, point_labels, log_prefix="point_rend_point")
+        losses["loss_mask_point"] = point_bce_loss(
+            point_logits, point_labels, self.point_loss_normalization, log_prefix="point_rend_point"
+        )
         return losses
 
     def _zero_point_loss(self, coarse: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 
 from point_sup import add_point_sup_config
 from point_sup.data.dataset_mapper import (
+    IGNORE_LABEL,
+    PADDING_LABEL,
     PointSupDatasetMapper,
     pad_point_annotations,
     subsample_points,
@@ -81,7 +83,7 @@ def _assert_labels_match_masks(instances):
     H, W = instances.image_size
     assert coords.dtype == labels.dtype == torch.float32
     assert coords.shape[:2] == labels.shape and masks.shape[1:] == (H, W)
-    r, p = torch.nonzero(labels != -1, as_tuple=True)
+    r, p = torch.nonzero(labels >= 0, as_tuple=True)
     x, y = coords[r, p, 0], coords[r, p, 1]
     assert ((x >= 0) & (x < W) & (y >= 0) & (y < H)).all()
     expected = masks[r, y.floor().long(), x.floor().long()].float()
@@ -142,9 +144,9 @@ def test_flip_and_crop_coordinates_are_exact(nuclei):
         assert torch.equal(flipped.gt_point_coords[r, :n, 0], torch.as_tensor(W - c[:, 0]))
         assert torch.equal(flipped.gt_point_coords[r, :n, 1], torch.as_tensor(c[:, 1]))
         assert torch.equal(flipped.gt_point_labels[r, :n], torch.as_tensor(lab, dtype=torch.float32))
-        assert (flipped.gt_point_labels[r, n:] == -1).all()  # padding
+        assert (flipped.gt_point_labels[r, n:] == PADDING_LABEL).all()
     # Pixel centres stay pixel centres: flip maps index i to W - 1 - i.
-    assert (flipped.gt_point_coords.frac()[flipped.gt_point_labels != -1] == 0.5).all()
+    assert (flipped.gt_point_coords.frac()[flipped.gt_point_labels != PADDING_LABEL] == 0.5).all()
     coords, labels = transform_point_annotations(
         orig[0][0], orig[0][1], [T.CropTransform(10, 20, 100, 80)], (80, 100)
     )
@@ -171,7 +173,7 @@ def test_random_augmentations_many_draws(nuclei):
         for record in nuclei["pvar"]:
             inst = mapper(record)["instances"]
             checked += _assert_labels_match_masks(inst)
-            ignored += int((inst.gt_point_labels == -1).sum())
+            ignored += int((inst.gt_point_labels == IGNORE_LABEL).sum())
             # Recomputed boxes are tight around the transformed masks.
             assert torch.equal(inst.gt_boxes.tensor, inst.gt_masks.get_bounding_boxes().tensor)
     assert checked > 500 and ignored > 100
@@ -185,7 +187,7 @@ def test_downscale_keeps_points_at_their_pixel(nuclei):
         inst = mapper(record)["instances"]
         c = inst.gt_point_coords
         back = (c * 2).floor()  # exact for pixel centres: (i + 0.5) / 2 * 2 = i + 0.5
-        valid = inst.gt_point_labels != -1
+        valid = inst.gt_point_labels >= 0
         assert (back.frac() == 0).all() and valid.all()
         odd = valid & (back.remainder(2) == 1).all(dim=-1)
         r, p = torch.nonzero(odd, as_tuple=True)
@@ -204,7 +206,7 @@ def test_points_only_with_crop(nuclei):
         assert not inst.has("gt_masks")
         boxes = inst.gt_boxes.tensor
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 150).all() and (boxes[:, 3] <= 120).all()
-        total += int((inst.gt_point_labels != -1).sum())
+        total += int((inst.gt_point_labels >= 0).sum())
         # Same points as when masks are there; here labels are checked against the cropped masks.
         _assert_labels_match_masks(ref(with_masks)["instances"])
     assert total == _points_in_window(nuclei["p10_nomask"], 40, 30, 150, 120)
@@ -217,7 +219,8 @@ def test_different_point_counts_are_padded(nuclei):
     inst = _mapper([], mask_on=False)(record)["instances"]
     assert inst.gt_point_labels.shape == (len(counts), max(counts))
     for r, n in enumerate(counts):
-        assert (inst.gt_point_labels[r, :n] != -1).all() and (inst.gt_point_labels[r, n:] == -1).all()
+        assert (inst.gt_point_labels[r, :n] >= 0).all()
+        assert (inst.gt_point_labels[r, n:] == PADDING_LABEL).all()
         assert (inst.gt_point_coords[r, n:] == 0).all()
     coords, labels = pad_point_annotations([], [])
     assert coords.shape == (0, 0, 2) and labels.shape == (0, 0)
@@ -280,10 +283,10 @@ def test_sample_points_subsets(nuclei):
     a_again = sampled_mapper(record)["instances"]
     assert torch.equal(a.gt_point_coords, a_again.gt_point_coords)  # reproducible under a seed
     assert not torch.equal(a.gt_point_coords, b.gt_point_coords)  # but new points at every call
-    valid_full = full.gt_point_labels != -1
+    valid_full = full.gt_point_labels >= 0
     for r in range(len(full)):
         n_valid = int(valid_full[r].sum())
-        kept = a.gt_point_labels[r] != -1
+        kept = a.gt_point_labels[r] >= 0
         assert int(kept.sum()) == min(5, n_valid)  # only points inside the crop are candidates
         pool = {tuple(p) for p in full.gt_point_coords[r][valid_full[r]].tolist()}
         for p, lab in zip(

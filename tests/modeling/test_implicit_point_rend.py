@@ -116,7 +116,7 @@ def with_points(instances: list[Instances], num_points: int, seed: int = 3) -> l
         rel = torch.rand(len(inst), num_points, 2, generator=g)
         coords = get_point_coords_wrt_image(inst.proposal_boxes.tensor, rel)
         inst.gt_point_coords = coords
-        inst.gt_point_labels = mask_labels_at_points(inst.gt_masks, coords, inst.image_size)
+        inst.gt_point_labels = mask_labels_at_points(inst.gt_masks, coords, inst.image_size, mode="pixel")
     return instances
 
 
@@ -230,23 +230,10 @@ def test_same_inference_masks_as_reference(variant, monkeypatch):
     assert ((unpatched - masks).abs() > 1e-5).float().mean() < 1e-4
 
 
-def _patched_reference_labels(instances, point_coords):
-    # Our labels (mask value of the containing pixel) instead of the reference's bilinear ones,
-    # so that the losses can be compared; the label rule is a documented difference.
-    labels = [
-        mask_labels_at_points(inst.gt_masks, coords, inst.image_size)
-        for inst, coords in zip(
-            instances, torch.split(point_coords, [len(i) for i in instances]), strict=True
-        )
-        if len(inst)
-    ]
-    return torch.cat(labels)
-
-
-def test_same_mask_supervised_loss_as_reference(monkeypatch):
+def test_same_mask_supervised_loss_as_reference():
+    """Trained from masks, the loss is the reference's, labels included (bilinear by default)."""
     cfg = head_cfg()
     reference, ours = build_pair(cfg)
-    monkeypatch.setattr(reference_mask_head, "sample_point_labels", _patched_reference_labels)
     features = random_features(2)
     proposals = proposals_with_masks([4, 3], num_classes=5)
     losses = {}
@@ -262,18 +249,24 @@ def test_same_mask_supervised_loss_as_reference(monkeypatch):
 
 
 def test_same_point_supervised_loss_as_reference(monkeypatch):
-    """With every labelled point inside its box, our point-supervised loss is the reference's loss
-    evaluated at those points (the reference has no point path; its sampler is replaced)."""
+    """Our point-supervised loss is Detectron2 PointSup's (ImplicitPointRendPointSupHead: the
+    reference's loss at the labelled points, those outside the proposal box labelled -1), here with
+    30 % of the points outside their boxes. The reference's sampler is replaced by PointSup's rule."""
     cfg = head_cfg(**{"INPUT.POINT_SUP": True})
     reference, ours = build_pair(cfg)
     features = random_features(2)
     proposals = with_points(proposals_with_masks([4, 3], num_classes=5), num_points=10)
+    for p in proposals:  # 3 of the 10 points of every object move outside its proposal box
+        width = p.proposal_boxes.tensor[:, None, 2] - p.proposal_boxes.tensor[:, None, 0]
+        p.gt_point_coords[:, :3, 0] = p.proposal_boxes.tensor[:, None, 2] + 0.2 * width
     rel = torch.cat(
         [(p.gt_point_coords - p.proposal_boxes.tensor[:, None, :2]) for p in proposals]
     ) / torch.cat(
         [p.proposal_boxes.tensor[:, None, 2:] - p.proposal_boxes.tensor[:, None, :2] for p in proposals]
     )
-    labels = torch.cat([p.gt_point_labels for p in proposals])
+    labels = torch.cat([p.gt_point_labels for p in proposals]).clone()
+    labels[((rel < 0) | (rel > 1)).any(dim=2)] = -1  # Detectron2 PointSup's point_ignores
+    assert (labels == -1).float().mean() == 0.3
     monkeypatch.setattr(reference, "_uniform_sample_train_points", lambda instances: (rel, labels))
     reference.train()
     ours.train()
@@ -439,8 +432,9 @@ def test_shared_params_init_is_one_well_scaled_mlp_that_passes_gradients():
     assert grads["shared"] > 100 * grads["reference"] > 0, grads
 
 
-def test_point_supervision_ignores_points_outside_box_and_ignore_labels():
-    cfg = head_cfg(**{"INPUT.POINT_SUP": True})
+@pytest.mark.parametrize("normalization", ["all_points", "valid_points"])
+def test_point_supervision_ignores_points_outside_box_and_ignore_labels(normalization):
+    cfg = head_cfg(**{"INPUT.POINT_SUP": True, "MODEL.POINT_LOSS.NORMALIZATION": normalization})
     _, ours = build_pair(cfg)
     ours.train()
     features = random_features(2)
@@ -454,7 +448,8 @@ def test_point_supervision_ignores_points_outside_box_and_ignore_labels():
         p.gt_point_labels = torch.cat([p.gt_point_labels, torch.ones(len(p), 1), -torch.ones(len(p), 1)], 1)
     with EventStorage():
         extended = ours(features, proposals)["loss_mask_point"]
-    torch.testing.assert_close(extended, base)
+    # They add nothing to the BCE sum; Detectron2's default normalisation counts them (6 -> 8 points).
+    torch.testing.assert_close(extended, base * (6 / 8 if normalization == "all_points" else 1.0))
 
 
 def test_zero_proposals_and_zero_detections():

@@ -111,7 +111,8 @@ def _bilinear_weights(u: float, v: float, side: int) -> dict[tuple[int, int], fl
     return weights
 
 
-def test_gradients_reach_only_labelled_in_box_points() -> None:
+@pytest.mark.parametrize("normalization", ["all_points", "valid_points"])
+def test_gradients_reach_only_labelled_in_box_points(normalization: str) -> None:
     box = [10.0, 20.0, 66.0, 76.0]  # 56 x 56: two image pixels per cell
     # interior, near the top edge, at the left edge, in the bottom-left corner cell, ignored, out of box x2
     rel = [(0.3, 0.4), (0.71, 0.05), (0.005, 0.6), (0.005, 0.995), (0.5, 0.6), (1.2, 0.5), (0.5, -0.1)]
@@ -125,23 +126,25 @@ def test_gradients_reach_only_labelled_in_box_points() -> None:
     inst.gt_point_labels = torch.tensor([point_labels])
     torch.manual_seed(0)
     logits = torch.randn(1, 3, SIDE, SIDE).requires_grad_()
-    loss = roi_grid_point_loss(logits, [inst])
+    loss = roi_grid_point_loss(logits, [inst], normalization=normalization)
     (grad,) = torch.autograd.grad(loss, logits)
 
-    # Analytic gradient: z_k = sum_c w_kc L_c, loss = mean_k BCE(z_k, y_k) over the 4 valid points.
+    # Analytic gradient: z_k = sum_c w_kc L_c, loss = sum_k BCE(z_k, y_k) over the 4 valid points,
+    # divided by all 7 labelled points (Detectron2's default) or by the 4 valid ones.
     class_logits = logits[0, 1].detach()
     expected = torch.zeros(SIDE, SIDE)
     expected_loss = 0.0
     valid = [k for k, (u, v) in enumerate(rel) if point_labels[k] >= 0 and 0 <= u <= 1 and 0 <= v <= 1]
     assert valid == [0, 1, 2, 3]
+    denominator = len(rel) if normalization == "all_points" else len(valid)
     for k in valid:
         weights = _bilinear_weights(*rel[k], SIDE)
         assert 1 <= len(weights) <= 4
         z = sum(w * class_logits[rc] for rc, w in weights.items())
         y = point_labels[k]
-        expected_loss += float(torch.nn.functional.softplus(z) - y * z) / len(valid)
+        expected_loss += float(torch.nn.functional.softplus(z) - y * z) / denominator
         for rc, w in weights.items():
-            expected[rc] += (torch.sigmoid(z) - y) * w / len(valid)
+            expected[rc] += (torch.sigmoid(z) - y) * w / denominator
     assert loss.item() == pytest.approx(expected_loss, abs=1e-6)
     assert (grad[0, [0, 2]] == 0).all(), "only the ground-truth class channel gets gradients"
     torch.testing.assert_close(grad[0, 1], expected, rtol=1e-5, atol=1e-7)

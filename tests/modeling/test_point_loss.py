@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
@@ -9,6 +10,7 @@ from detectron2.utils.events import EventStorage
 
 from point_sup.modeling.point_loss import (
     IGNORE_LABEL,
+    PADDING_LABEL,
     get_point_targets,
     mask_labels_at_points,
     point_bce_loss,
@@ -41,10 +43,11 @@ def test_point_targets_padding_out_of_box_and_edges() -> None:
     labels_before = image_a.gt_point_labels.clone()
     coords, labels = get_point_targets([image_a, empty, image_b])
     assert coords.shape == (3, 5, 2) and labels.shape == (3, 5)
+    pad = PADDING_LABEL
     assert labels.tolist() == [
         [1.0, 0.0, 1.0, IGNORE_LABEL, IGNORE_LABEL],
-        [0.0, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL],
-        [1.0, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL, IGNORE_LABEL],
+        [0.0, IGNORE_LABEL, pad, pad, pad],  # padding stays padding, though outside the box
+        [1.0, IGNORE_LABEL, pad, pad, pad],
     ]
     torch.testing.assert_close(coords[0, :3], torch.tensor([[0.5, 0.5], [0.0, 0.25], [1.0, 1.0]]))
     torch.testing.assert_close(coords[2, 0], torch.tensor([0.25, 0.5]))
@@ -76,7 +79,7 @@ def test_mask_labels_at_points_bitmasks() -> None:
     coords = torch.rand(3, 50, 2) * torch.tensor([48.0, 38.0]) - 4.0  # some outside the image
     coords[0, 0] = torch.tensor([39.999, 29.999])  # last pixel
     coords[0, 1] = torch.tensor([40.0, 10.0])  # right outer edge: outside
-    labels = mask_labels_at_points(BitMasks(masks), coords, (30, 40))
+    labels = mask_labels_at_points(BitMasks(masks), coords, (30, 40), mode="pixel")
     assert labels.dtype == torch.float32
     torch.testing.assert_close(labels, _expected_labels(masks, coords))
     assert labels[0, 1] == 0.0
@@ -90,9 +93,56 @@ def test_mask_labels_at_points_polygons() -> None:
     assert bitmasks.any(dim=(1, 2)).all()
     torch.manual_seed(1)
     coords = torch.rand(2, 200, 2) * torch.tensor([40.0, 30.0])
-    labels = mask_labels_at_points(polygons, coords, (30, 40))
+    labels = mask_labels_at_points(polygons, coords, (30, 40), mode="pixel")
     torch.testing.assert_close(labels, _expected_labels(bitmasks, coords))
     assert 0 < labels.mean() < 1
+    # The default labels are bilinear, read from the same rasterization.
+    default = mask_labels_at_points(polygons, coords, (30, 40))
+    torch.testing.assert_close(default, mask_labels_at_points(BitMasks(bitmasks), coords, (30, 40)))
+
+
+def _bilinear_mask_value(mask: torch.Tensor, x: float, y: float) -> float:
+    """Hand-written bilinear interpolation of an (H, W) image mask whose pixel (i, j) has its value
+    at the centre (i + 0.5, j + 0.5); zero beyond the image."""
+    H, W = mask.shape
+    gx, gy = x - 0.5, y - 0.5
+    x0, y0 = int(torch.floor(torch.tensor(gx))), int(torch.floor(torch.tensor(gy)))
+    fx, fy = gx - x0, gy - y0
+    value = 0.0
+    for row, wy in ((y0, 1 - fy), (y0 + 1, fy)):
+        for col, wx in ((x0, 1 - fx), (x0 + 1, fx)):
+            if 0 <= row < H and 0 <= col < W:
+                value += wx * wy * float(mask[row, col])
+    return value
+
+
+def test_mask_labels_at_points_bilinear_is_detectron2s() -> None:
+    """The default labels of mask-supervised point heads: Detectron2's PointRend interpolates the bit
+    mask bilinearly (soft labels at edges), not the containing pixel's value."""
+    torch.manual_seed(2)
+    masks = torch.rand(3, 30, 40) > 0.5
+    coords = torch.rand(3, 50, 2) * torch.tensor([48.0, 38.0]) - 4.0
+    coords[0, :3] = torch.tensor([[10.5, 7.5], [10.0, 7.5], [0.2, 29.9]])  # centre, between, corner
+    labels = mask_labels_at_points(BitMasks(masks), coords, (30, 40))
+    expected = torch.tensor(
+        [[_bilinear_mask_value(masks[r], *coords[r, p].tolist()) for p in range(50)] for r in range(3)]
+    )
+    torch.testing.assert_close(labels, expected, rtol=1e-5, atol=1e-6)
+    assert labels[0, 0] == float(masks[0, 7, 10])  # at a pixel centre: that pixel's value
+    assert ((labels > 0) & (labels < 1)).any(), "soft labels between pixels of different value"
+
+    point_features = pytest.importorskip("detectron2.projects.point_rend.point_features")
+    if not hasattr(point_features, "sample_point_labels"):
+        pytest.skip("this detectron2's PointRend has no sample_point_labels")
+    images = []
+    for start, stop in ((0, 2), (2, 3)):
+        inst = Instances((30, 40))
+        inst.gt_masks = BitMasks(masks[start:stop])
+        images.append(inst)
+    torch.testing.assert_close(point_features.sample_point_labels(images, coords), torch.cat(
+        [mask_labels_at_points(images[0].gt_masks, coords[:2], (30, 40)),
+         mask_labels_at_points(images[1].gt_masks, coords[2:], (30, 40))]
+    ))  # fmt: skip
 
 
 def test_mask_labels_at_points_without_masks() -> None:
@@ -111,11 +161,11 @@ def test_select_class_logits() -> None:
     assert torch.equal(select_class_logits(agnostic, torch.tensor([2, 0, 3])), agnostic)
 
 
-def test_point_bce_loss_averages_over_valid_points() -> None:
+def test_point_bce_loss_valid_points_normalization() -> None:
     logits = torch.tensor([[2.0, -1.0, 0.5], [0.3, 4.0, -2.0]], requires_grad=True)
     labels = torch.tensor([[1.0, 0.0, -1.0], [-1.0, 0.0, 1.0]])
     with EventStorage() as storage:
-        loss = point_bce_loss(logits, labels, log_prefix="test")
+        loss = point_bce_loss(logits, labels, normalization="valid_points", log_prefix="test")
         scalars = {k: v[0] for k, v in storage.latest().items()}
     valid = labels >= 0
     expected = F.binary_cross_entropy_with_logits(logits[valid], labels[valid])
@@ -126,6 +176,56 @@ def test_point_bce_loss_averages_over_valid_points() -> None:
     assert (
         scalars["test/accuracy"] == 2 / 4
     )  # 2.0 -> 1 right, -1.0 -> 0 right, 4.0 -> 0 wrong, -2.0 -> 1 wrong
+
+
+def _with_ignored_points(seed: int, num_masks: int = 8, num_points: int = 10, fraction: float = 0.3):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_masks, num_points, generator=g) * 2
+    labels = (torch.rand(num_masks, num_points, generator=g) > 0.5).float()
+    ignored = torch.rand(num_masks, num_points, generator=g).argsort(dim=1) < int(fraction * num_points)
+    labels[ignored] = IGNORE_LABEL
+    return logits, labels
+
+
+def test_point_bce_loss_default_is_detectron2_point_sup_loss() -> None:
+    """Default normalisation = Detectron2's roi_mask_point_loss (PointSup/PointRend, behind the paper's
+    numbers): ignored points count in the mean. With 30 % of the points ignored it differs from the
+    mean over valid points by the valid fraction."""
+    logits, labels = _with_ignored_points(seed=0)
+    ours = point_bce_loss(logits, labels)
+    valid = labels >= 0
+    per_point = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), reduction="none")
+    by_hand = (per_point * valid).mean()
+    torch.testing.assert_close(ours, by_hand)
+    valid_mean = point_bce_loss(logits, labels, normalization="valid_points")
+    torch.testing.assert_close(ours, valid_mean * 0.7)
+
+    point_head = pytest.importorskip("detectron2.projects.point_rend.point_head")
+    num_classes, classes = 3, torch.arange(8) % 3
+    class_logits = torch.randn(8, num_classes, 10)
+    class_logits[torch.arange(8), classes] = logits  # the ground-truth class's channel
+    images = []
+    for start, stop in ((0, 5), (5, 8)):
+        inst = Instances((50, 50))
+        inst.gt_classes = classes[start:stop]
+        images.append(inst)
+    with EventStorage():
+        reference = point_head.roi_mask_point_loss(class_logits, images, labels)
+    torch.testing.assert_close(ours, reference)
+    assert abs(float(ours) - float(valid_mean)) > 0.05  # the two normalisations really differ here
+
+
+def test_point_bce_loss_padding_is_never_counted() -> None:
+    logits, labels = _with_ignored_points(seed=1)
+    padded_logits = torch.cat([logits, torch.randn(8, 4)], dim=1)
+    padded_labels = torch.cat([labels, torch.full((8, 4), PADDING_LABEL)], dim=1)
+    for normalization in ("all_points", "valid_points"):
+        torch.testing.assert_close(
+            point_bce_loss(padded_logits, padded_labels, normalization),
+            point_bce_loss(logits, labels, normalization),
+        )
+    with pytest.raises(ValueError, match="NORMALIZATION"):
+        point_bce_loss(logits, labels, normalization="mean")
 
 
 def test_point_bce_loss_all_ignored_keeps_graph() -> None:

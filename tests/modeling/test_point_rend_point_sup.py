@@ -96,8 +96,11 @@ def _bilinear(grid: torch.Tensor, u: float, v: float) -> torch.Tensor:
     return value
 
 
-def test_losses_from_points_are_bces_at_the_labelled_points(tiny_cfg) -> None:
-    head = _make_head(_cfg(tiny_cfg))
+@pytest.mark.parametrize("normalization", ["all_points", "valid_points"])
+def test_losses_from_points_are_bces_at_the_labelled_points(tiny_cfg, normalization: str) -> None:
+    cfg = _cfg(tiny_cfg)
+    cfg.MODEL.POINT_LOSS.NORMALIZATION = normalization
+    head = _make_head(cfg)
     head.train()
     features, images = _features(), _point_proposals()
     with EventStorage():
@@ -123,7 +126,11 @@ def test_losses_from_points_are_bces_at_the_labelled_points(tiny_cfg) -> None:
             valid_rows.append(r)
     assert len(valid_labels) == 2 * 4 + 2  # per proposal: all points but the ignored and outside one
     labels = torch.tensor(valid_labels)
-    expected_coarse = F.binary_cross_entropy_with_logits(torch.stack(coarse_logits), labels)
+    # All labelled points (2 x 6 + 4), ignored ones included, or only the 10 valid ones.
+    denominator = 16 if normalization == "all_points" else 10
+    expected_coarse = (
+        F.binary_cross_entropy_with_logits(torch.stack(coarse_logits), labels, reduction="sum") / denominator
+    )
     torch.testing.assert_close(losses["loss_mask"], expected_coarse, rtol=1e-5, atol=1e-6)
 
     # Point head: fine p2 features at the labelled points, concatenated with the coarse logits there.
@@ -146,7 +153,9 @@ def test_losses_from_points_are_bces_at_the_labelled_points(tiny_cfg) -> None:
         )
         out = head.point_head(fine, coarse_at_point.view(1, NUM_CLASSES, 1))
         point_logits.append(out[0, classes[r], 0])
-    expected_point = F.binary_cross_entropy_with_logits(torch.stack(point_logits), labels)
+    expected_point = (
+        F.binary_cross_entropy_with_logits(torch.stack(point_logits), labels, reduction="sum") / denominator
+    )
     torch.testing.assert_close(losses["loss_mask_point"], expected_point, rtol=1e-5, atol=1e-6)
 
 
@@ -214,11 +223,10 @@ def test_mask_supervision_follows_point_rend_recipe(tiny_cfg) -> None:
     torch.testing.assert_close(losses["loss_mask_point"], expected_point)
 
 
-def test_reference_point_rend_equivalence(tiny_cfg) -> None:
-    """With PointRend's weights copied over, coarse predictions, the mask-supervised coarse loss and
-    subdivision inference equal detectron2.projects.point_rend's PointRendMaskHead."""
+def _reference_pair(tiny_cfg, point_sup: bool = False):
+    """Our head and detectron2.projects.point_rend's PointRendMaskHead with the same weights."""
     reference_module = pytest.importorskip("detectron2.projects.point_rend.mask_head")
-    cfg = _cfg(tiny_cfg, point_sup=False)
+    cfg = _cfg(tiny_cfg, point_sup=point_sup)
     head = _make_head(cfg)
     reference = reference_module.PointRendMaskHead(cfg, INPUT_SHAPE)
     mapping = {
@@ -237,7 +245,13 @@ def test_reference_point_rend_equivalence(tiny_cfg) -> None:
         prefix, _, leaf = key.rpartition(".")
         state[f"{mapping.get(prefix, prefix)}.{leaf}"] = value
     head.load_state_dict(state)  # strict: same parameters, same shapes
+    return head, reference
 
+
+def test_reference_point_rend_equivalence(tiny_cfg) -> None:
+    """With PointRend's weights copied over, coarse predictions, the mask-supervised coarse loss and
+    subdivision inference equal detectron2.projects.point_rend's PointRendMaskHead."""
+    head, reference = _reference_pair(tiny_cfg)
     features = _features(seed=3)
     boxes = [
         Boxes(torch.tensor([[8.3, 10.0, 70.5, 90.2], [60.0, 30.0, 120.0, 100.0]])),
@@ -262,6 +276,26 @@ def test_reference_point_rend_equivalence(tiny_cfg) -> None:
     for ours_inst, ref_inst in zip(detections, detections_ref, strict=True):
         assert ours_inst.pred_masks.shape == ref_inst.pred_masks.shape == (len(ours_inst), 1, 28, 28)
         torch.testing.assert_close(ours_inst.pred_masks, ref_inst.pred_masks, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_point_rend_mask_supervised_losses(tiny_cfg) -> None:
+    """Trained from masks (the M rows of Tables 3c and 5), both losses are PointRend's, point labels
+    included: the same importance-sampled points, labelled by the bilinearly interpolated bit mask."""
+    head, reference = _reference_pair(tiny_cfg)
+    features = _features(seed=4)
+    images = _point_proposals()
+    g = torch.Generator().manual_seed(8)
+    for inst in images:
+        inst.gt_masks = BitMasks(torch.rand(len(inst), 128, 128, generator=g) > 0.6)
+    losses = {}
+    for name, module in (("ours", head), ("reference", reference)):
+        module.train()
+        torch.manual_seed(21)  # both draw their candidate and random points with the same torch.rand calls
+        with EventStorage():
+            losses[name] = module(features, images)
+    assert set(losses["ours"]) == set(losses["reference"]) == {"loss_mask", "loss_mask_point"}
+    for key in losses["ours"]:
+        torch.testing.assert_close(losses["ours"][key], losses["reference"][key], rtol=1e-5, atol=1e-6)
 
 
 def _detections(counts: tuple[int, ...]) -> list[Instances]:
