@@ -7,7 +7,12 @@
 
 The model runs on each training image with the ground-truth boxes given as detections; the output
 is a COCO-format instances JSON (compressed RLE masks) for the second-stage config
-(configs/COCO/mask_rcnn_R_50_FPN_3x_self_training.yaml), written atomically.
+(configs/COCO/mask_rcnn_R_50_FPN_3x_self_training.yaml), written atomically. Image file names in it
+are relative to the image root of --dataset, so register it with that root:
+
+    python tools/train_net.py --register coco_2017_train_pseudo_masks \
+        datasets/coco/annotations/instances_train2017_pseudo.json datasets/coco/train2017 \
+        --config-file configs/COCO/mask_rcnn_R_50_FPN_3x_self_training.yaml
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 import point_sup  # noqa: F401  (registers point_sup's heads and datasets)
 from point_sup import add_point_sup_config
-from point_sup.data.coco_json import dumps_json
+from point_sup.data.coco_json import catalog_image_root, dumps_json
 from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
 from point_sup.utils.file_io import atomic_write_bytes
 
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     atomic_write_bytes(args.output, dumps_json(coco))
     logger.info(
-        f"wrote {len(coco['annotations'])} pseudo masks for {len(coco['images'])} images to {args.output}"
+        f"wrote {len(coco['annotations'])} pseudo masks for {len(coco['images'])} images to {args.output}; "
+        f"register it with the image root {catalog_image_root(args.dataset) or '(none: absolute paths)'}"
     )
     return args.output
 

@@ -42,6 +42,7 @@ __all__ = [
     "flatten_polygons",
     "load_coco_instances",
     "read_json",
+    "relative_image_paths",
     "segmentation_kind",
     "validate_coco_instances",
 ]
@@ -479,6 +480,20 @@ def catalog_image_root(dataset_name: str) -> str | None:
     return None
 
 
+def relative_image_paths(images: list[dict[str, Any]], image_root: str | os.PathLike | None) -> None:
+    """Rewrite, in place, each image's ``file_name`` relative to ``image_root`` where it lies under it.
+
+    Detectron2's loaders give each image's full path (``image_root`` joined with the file's own
+    name), while a COCO file's ``file_name`` is read relative to the image root it is registered
+    with: written back unchanged, the root would be joined twice. Images outside ``image_root``, or
+    all of them when it is None, get an absolute path.
+    """
+    prefix = os.path.join(os.path.abspath(image_root), "") if image_root is not None else None  # ends in /
+    for img in images:
+        path = os.path.abspath(img["file_name"])
+        img["file_name"] = path[len(prefix) :] if prefix and path.startswith(prefix) else path
+
+
 def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
     """A dataset registered in Detectron2's ``DatasetCatalog`` as a COCO instances dict.
 
@@ -498,11 +513,7 @@ def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
     if dataset_name not in DatasetCatalog.list():
         raise CocoFormatError(f"no dataset named {dataset_name!r} is registered in DatasetCatalog")
     coco = convert_to_coco_dict(dataset_name)
-    root = catalog_image_root(dataset_name)
-    prefix = os.path.join(os.path.abspath(root), "") if root is not None else None  # ends in a separator
-    for img in coco["images"]:
-        path = os.path.abspath(img["file_name"])
-        img["file_name"] = path[len(prefix) :] if prefix and path.startswith(prefix) else path
+    relative_image_paths(coco["images"], catalog_image_root(dataset_name))
     for ann in coco["annotations"]:
         segm = ann.get("segmentation")
         if isinstance(segm, dict) and isinstance(segm.get("counts"), bytes):

@@ -20,7 +20,20 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
+from ..data.coco_json import catalog_image_root, relative_image_paths
+
 __all__ = ["predict_pseudo_masks", "pseudo_mask_coco_dict"]
+
+# An Instances field that follows each given box through inference, whose post-processing drops the
+# boxes that are empty at the output size (detector_postprocess), so that masks return to their boxes.
+_ANNOTATION_INDEX = "point_sup_annotation_index"
+
+
+def _encode(mask: np.ndarray) -> dict:
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +52,16 @@ def predict_pseudo_masks(model, dataset_dicts: Iterable[dict], image_format: str
     Returns:
         Copies of the dicts. Each non-crowd annotation has ``segmentation`` (compressed RLE of the
         predicted binary mask at the original image size) and no point fields; crowd annotations
-        are dropped (a pseudo mask is only defined for a labelled object).
+        are dropped (a pseudo mask is only defined for a labelled object). A box that is empty once
+        clipped to the image (P_N files keep zero-area boxes) gets an empty mask: it has no pixel to
+        predict, and Detectron2's mapper drops such an object from training anyway.
     """
     from detectron2.data import transforms as T
 
     assert not model.training, "call model.eval() first"
     device = next(model.parameters()).device
     out = []
+    num_empty = 0
     for record in tqdm(list(dataset_dicts), desc="pseudo masks", unit="img"):
         record = copy.deepcopy(record)
         anns = [a for a in record.get("annotations", []) if a.get("iscrowd", 0) == 0]
@@ -64,18 +80,21 @@ def predict_pseudo_masks(model, dataset_dicts: Iterable[dict], image_format: str
             given.pred_boxes = Boxes(torch.as_tensor(transforms.apply_box(boxes), dtype=torch.float32))
             given.pred_classes = torch.as_tensor([a["category_id"] for a in anns], dtype=torch.int64)
             given.scores = torch.ones(len(anns))
+            given.set(_ANNOTATION_INDEX, torch.arange(len(anns)))
             inputs = {
                 "image": torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).to(device),
                 "height": h,
                 "width": w,
             }
             result = model.inference([inputs], detected_instances=[given])[0]["instances"].to("cpu")
-            masks = result.pred_masks.numpy().astype(np.uint8)
+            masks = np.zeros((len(anns), h, w), dtype=np.uint8)
+            masks[result.get(_ANNOTATION_INDEX).numpy()] = result.pred_masks.numpy()
+            num_empty += len(anns) - len(result)
             for a, m in zip(anns, masks, strict=True):
-                rle = mask_util.encode(np.asfortranarray(m))
-                rle["counts"] = rle["counts"].decode("ascii")
-                a["segmentation"] = rle
+                a["segmentation"] = _encode(m)
         out.append(record)
+    if num_empty:
+        logger.info(f"{num_empty} boxes are empty inside their image: written with empty pseudo masks")
     return out
 
 
@@ -83,7 +102,10 @@ def pseudo_mask_coco_dict(dataset_name: str, records: list[dict]) -> dict:
     """COCO-format dict (images, categories, annotations with RLE masks) of ``records``.
 
     Uses Detectron2's ``convert_to_coco_dict`` through a transient dataset name that carries the
-    metadata of ``dataset_name`` (for the category ids of the original file).
+    metadata of ``dataset_name`` (for the category ids of the original file). Each image's
+    ``file_name`` is written relative to the image root of ``dataset_name``
+    (:func:`~point_sup.data.coco_json.relative_image_paths`), so the file is registered with that same
+    root (e.g. ``datasets/coco/train2017``); images outside it keep an absolute path.
     """
     tmp_name = f"{dataset_name}__point_sup_pseudo_masks"
     if tmp_name in DatasetCatalog.list():
@@ -99,5 +121,6 @@ def pseudo_mask_coco_dict(dataset_name: str, records: list[dict]) -> dict:
     finally:
         DatasetCatalog.remove(tmp_name)
         MetadataCatalog.remove(tmp_name)
+    relative_image_paths(coco["images"], catalog_image_root(dataset_name))
     coco["info"]["description"] = f"point_sup pseudo masks for {dataset_name}"
     return coco

@@ -1,5 +1,6 @@
 """Self-training (paper §3.3.2): one pseudo mask per ground-truth box, inside it; stage 2 trains on them."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -31,10 +32,18 @@ def test_pseudo_masks_one_per_box_inside_it(p10_model_cfg, nuclei_datasets, tmp_
     cfg = p10_model_cfg
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    records = DatasetCatalog.get("nuclei_train_p10")
+    records = copy.deepcopy(DatasetCatalog.get("nuclei_train_p10"))
+    # Boxes the simulator keeps although they are empty once clipped: zero width, outside the image.
+    first = records[0]
+    for bbox in ([10.0, 12.0, 0.0, 6.0], [first["width"] + 3.0, 5.0, 4.0, 4.0]):
+        first["annotations"].append(
+            {**first["annotations"][0], "bbox": bbox, "id": -len(first["annotations"])}
+        )
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     out = predict_pseudo_masks(model, records, cfg.INPUT.FORMAT, resize)
     assert len(out) == len(records)
+    empty = [mask_util.decode(a["segmentation"]).any() for a in out[0]["annotations"][-2:]]
+    assert empty == [False, False], "an empty box gets an empty mask; the other boxes keep theirs"
     for rec, new in zip(records, out, strict=True):
         gt = [a for a in rec["annotations"] if a.get("iscrowd", 0) == 0]
         assert len(new["annotations"]) == len(gt) > 0
@@ -51,14 +60,19 @@ def test_pseudo_masks_one_per_box_inside_it(p10_model_cfg, nuclei_datasets, tmp_
             ] = False
             assert not outside.any()
 
-    # The COCO file of the pseudo masks trains the second-stage (mask-supervised) config.
+    # The COCO file of the pseudo masks trains the second-stage (mask-supervised) config, registered
+    # with the image root of the dataset it was made from (file names are relative to it).
     coco = pseudo_mask_coco_dict("nuclei_train_p10", out)
     assert len(coco["annotations"]) == sum(len(r["annotations"]) for r in out)
     assert [c["name"] for c in coco["categories"]] == ["nucleus"]
+    image_root = MetadataCatalog.get("nuclei_train_p10").image_root
+    assert [img["file_name"] for img in coco["images"]] == [
+        str(Path(r["file_name"]).relative_to(image_root)) for r in records
+    ]
     json_path = tmp_path / "pseudo.json"
     atomic_write_bytes(json_path, json.dumps(coco).encode())
     name = "test_nuclei_pseudo_masks"
-    register_coco_instances(name, {}, str(json_path), "")
+    register_coco_instances(name, {}, str(json_path), image_root)
     try:
         stage2 = load_config(
             str(ROOT / "configs/COCO/mask_rcnn_R_50_FPN_3x_self_training.yaml"),
@@ -84,13 +98,14 @@ def test_pseudo_masks_one_per_box_inside_it(p10_model_cfg, nuclei_datasets, tmp_
 
 
 def cfg_overrides(cfg):
-    """The tiny model and input settings of ``cfg`` as overrides for another config file."""
+    """The tiny model and input settings of ``cfg`` as overrides for another config file. Not the mask
+    format: the self-training config must read RLE pseudo masks by itself."""
     keys = [
         "MODEL.WEIGHTS", "MODEL.DEVICE", "MODEL.BACKBONE.FREEZE_AT", "MODEL.RESNETS.DEPTH",
         "MODEL.RESNETS.RES2_OUT_CHANNELS", "MODEL.RESNETS.NUM_GROUPS", "MODEL.RESNETS.WIDTH_PER_GROUP",
         "MODEL.RESNETS.NORM", "MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_HEADS.NUM_CLASSES",
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "MODEL.ROI_BOX_HEAD.FC_DIM", "MODEL.ROI_MASK_HEAD.CONV_DIM",
-        "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "INPUT.MASK_FORMAT", "SOLVER.IMS_PER_BATCH",
+        "INPUT.MIN_SIZE_TRAIN", "INPUT.MAX_SIZE_TRAIN", "SOLVER.IMS_PER_BATCH",
         "SOLVER.MAX_ITER", "SOLVER.WARMUP_ITERS", "DATALOADER.NUM_WORKERS",
     ]  # fmt: skip
     out = []
