@@ -1069,17 +1069,26 @@ def write_point_annotation_file(
     num_points: int = 10,
     seed: int = 0,
     version: int = 0,
+    noise_rate: float = 0.0,
+    noise_mode: NoiseMode = "random",
     keep_masks: bool = False,
 ) -> SimulationStats:
     """Simulate P_N for a COCO-format file and write the result atomically (library form of the CLI).
 
-    For the options of the command-line tool (several versions, label noise, workers) use
-    ``tools/prepare_point_annotations.py``; this single-process form serves small datasets and code
-    that builds datasets programmatically (e.g. :func:`point_sup.data.register_nuclei`).
+    The arguments are the CLI's options for one version (see :func:`simulate_point_annotations`). For
+    several versions at once or worker processes use ``tools/prepare_point_annotations.py``; this
+    single-process form serves small datasets and code that builds datasets programmatically (e.g.
+    :func:`point_sup.data.register_nuclei`, the miniature replication's ablations).
     """
     instances = load_coco_instances(input_json)
     samples, stats = simulate_point_annotations(
-        instances, num_points=num_points, seed=seed, versions=(version,), drop_segmentation=not keep_masks
+        instances,
+        num_points=num_points,
+        seed=seed,
+        versions=(version,),
+        noise_rate=noise_rate,
+        noise_mode=noise_mode,
+        drop_segmentation=not keep_masks,
     )
     atomic_write_bytes(output_json, dumps_point_annotations(instances, samples[0]))
     return stats
