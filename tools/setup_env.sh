@@ -34,7 +34,7 @@ PY="$VENV/bin/python"
 
 stamp="$VENV/.point_sup_setup_stamp"
 digest="$(cat "$ROOT/tools/setup_env.sh" "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" \
-    "$ROOT/setup.py" | sha256sum | cut -d' ' -f1) $TORCH_SPEC $ROUTE"
+    "$ROOT/requirements-eval.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1) $TORCH_SPEC $ROUTE"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ] \
     && "$PY" -c "import point_sup" >/dev/null 2>&1; then
     log "environment $VENV is up to date ($(cat "$VENV/.point_sup_d2_route" 2>/dev/null || echo '?'))"
@@ -56,6 +56,8 @@ else
 fi
 
 pip_install -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt"
+# The LVIS and Cityscapes evaluators, without the dependencies they declare (see the file).
+pip_install --no-deps -r "$ROOT/requirements-eval.txt"
 
 # Optional: headless Chromium and its driver for the annotation tool's browser test
 # (tests/annotation/test_browser.py, which is skipped without them). Never fails the set-up.
