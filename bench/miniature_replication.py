@@ -28,7 +28,8 @@ Studies (``--study``, any combination; each row is trained once per seed):
 
 The seed changes the simulated points (their version), the initialisation and the data order.
 Printed: mean ± standard deviation of AP and AP50 per row, and AP(row)/AP(M) computed per seed, then
-averaged. Per-seed results are written as JSON in ``--output``.
+averaged. Per-seed results are written as JSON in ``--output`` after every run; ``--resume``
+continues an interrupted study from them.
 """
 
 from __future__ import annotations
@@ -220,19 +221,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iters", type=int, default=200, help="training iterations per model")
     parser.add_argument("--output", default="output/miniature_replication")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the runs already in the output's results file"
+    )
     args = parser.parse_args(argv)
     setup_logger(name="point_sup")
     setup_logger(name="detectron2", abbrev_name="d2")
     rows = args.rows or list(dict.fromkeys(r for study in args.study for r in STUDIES[study]))
     out = Path(args.output)
+    tag = "_".join(args.study) if not args.rows else "rows"
+    results_file = out / f"{tag}.json"
     data_root = Path(os.getenv("DETECTRON2_DATASETS", "datasets")) / "nuclei"
     results: dict[str, dict[int, dict]] = {r: {} for r in rows}
+    if args.resume and results_file.is_file():
+        saved = json.loads(results_file.read_text())
+        if saved["iters"] == args.iters:
+            for name, per_seed in saved["results"].items():
+                if name in results:
+                    results[name] = {int(s): r for s, r in per_seed.items() if int(s) in args.seeds}
     t0 = time.time()
-    for seed in args.seeds:
-        paths = register_nuclei(data_root, seed=seed)  # P10 version `seed`
-        _build_points(data_root, paths["train"], rows, seed)
-        for name in rows:
-            row = ROWS[name]
+    # Row by row (all seeds of a row, then the next), saving after every run: an interrupted study
+    # keeps complete rows, and --resume continues it.
+    for name in rows:
+        row = ROWS[name]
+        for seed in args.seeds:
+            if seed in results[name]:
+                continue
+            paths = register_nuclei(data_root, seed=seed)  # P10 version `seed`
+            _build_points(data_root, paths["train"], [name], seed)
             logger.info(f"seed {seed}: training {name} ({args.iters} iterations)")
             overrides = list(row.overrides)
             if row.points is not None:
@@ -250,12 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
             _, res = train_and_evaluate(cfg, eval_datasets=("nuclei_val",))
             results[name][seed] = {k: res["nuclei_val"]["segm"][k] for k in ("AP", "AP50")}
             logger.info(f"seed {seed}: {name}: {results[name][seed]}")
+            atomic_write_text(
+                results_file,
+                json.dumps({"iters": args.iters, "seeds": args.seeds, "results": results}, indent=1),
+            )
     minutes = (time.time() - t0) / 60
-    tag = "_".join(args.study) if not args.rows else "rows"
-    atomic_write_text(
-        out / f"{tag}.json",
-        json.dumps({"iters": args.iters, "seeds": args.seeds, "results": results}, indent=1),
-    )
 
     lines = [
         "",
