@@ -29,6 +29,7 @@ from detectron2.utils.logger import setup_logger
 
 import point_sup  # noqa: F401  (registers point_sup's heads and datasets)
 from point_sup import add_point_sup_config
+from point_sup.data import register_point_datasets
 from point_sup.data.coco_json import catalog_image_root, dumps_json
 from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
 from point_sup.utils.file_io import atomic_write_bytes
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> str:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    register_point_datasets([args.dataset])
     model = build_model(cfg)
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()

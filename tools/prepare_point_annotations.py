@@ -197,7 +197,9 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
     try:
         if args.dataset is not None:
             import point_sup  # noqa: F401  (registers point_sup's datasets too)
+            from point_sup.data import register_point_datasets
 
+            register_point_datasets([args.dataset])
             instances = validate_coco_instances(coco_dict_from_catalog(args.dataset), source=args.dataset)
             root = catalog_image_root(args.dataset)
             if root is not None:

@@ -27,6 +27,7 @@ from detectron2.evaluation import verify_results
 
 import point_sup  # noqa: F401  (registers point_sup's heads, datasets and mapper)
 from point_sup import add_point_sup_config, register_coco_instances_with_points
+from point_sup.data import register_point_datasets
 from point_sup.engine import PointSupTrainer
 
 
@@ -41,6 +42,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    # P_N names of the scheme (coco_2017_train_p20_v1, ...) need no registration by the user.
+    register_point_datasets([*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST])
     default_setup(cfg, args)
     return cfg
 

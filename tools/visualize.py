@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import point_sup  # noqa: F401  (registers point_sup's datasets and heads)
 from point_sup import add_point_sup_config
+from point_sup.data import register_point_datasets
 from point_sup.utils.file_io import atomic_open
 from point_sup.utils.visualizer import draw_points, draw_predictions
 
@@ -54,6 +55,7 @@ def _save_png(path: str, image: np.ndarray) -> None:
 def main(argv: list[str] | None = None) -> list[str]:
     args = parse_args(argv)
     logger = setup_logger(name="point_sup")
+    register_point_datasets([args.dataset])
     metadata = MetadataCatalog.get(args.dataset)
     records = DatasetCatalog.get(args.dataset)
     if args.num_images > 0:

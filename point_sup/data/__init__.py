@@ -4,7 +4,13 @@ Importing this package registers the builtin point-supervised datasets (:mod:`.b
 """
 
 from . import builtin  # noqa: F401  (registers the builtin datasets)
-from .builtin import POINT_SUP_DATASET_PAIRS, register_all_point_sup, register_nuclei, register_nuclei_files
+from .builtin import (
+    POINT_SUP_DATASET_PAIRS,
+    register_all_point_sup,
+    register_nuclei,
+    register_nuclei_files,
+    register_point_datasets,
+)
 from .checks import check_point_supervision
 from .dataset_mapper import PointSupDatasetMapper, transform_point_annotations
 from .datasets import (
@@ -25,5 +31,6 @@ __all__ = [
     "register_lvis_instances_with_points",
     "register_nuclei",
     "register_nuclei_files",
+    "register_point_datasets",
     "transform_point_annotations",
 ]

@@ -1,24 +1,37 @@
 """Builtin point-supervised datasets, registered on ``import point_sup`` under ``$DETECTRON2_DATASETS``.
 
-P10 training sets (paper §3.3), paths under ``$DETECTRON2_DATASETS``, and the mask-annotated set each
-is evaluated on (:data:`POINT_SUP_DATASET_PAIRS`):
+P_N training sets (paper §3.3) are named after their mask-annotated training set and found by the
+file names the simulator is told to write (datasets/README.md), so no Python is needed to use one:
 
-- ``coco_2017_train_p10``: ``coco/annotations/instances_train2017_n10_v0_without_masks.json``,
-  images ``coco/train2017``; validation ``coco_2017_val``.
-- ``lvis_v1_train_p10``: ``lvis/lvis_v1_train_n10_v0_without_masks.json``, images ``coco/``;
-  validation ``lvis_v1_val``.
-- ``cityscapes_fine_instance_seg_train_p10``:
-  ``cityscapes/cityscapes_fine_instance_seg_train_n10_v0_without_masks.json``, images
-  ``cityscapes/leftImg8bit/train``; validation ``cityscapes_fine_instance_seg_val``.
-- ``voc_2012_train_instance_p10``:
-  ``voc_2012_instance/annotations/voc_2012_train_instance_n10_v0_without_masks.json``, images
-  ``voc_2012_instance/JPEGImages``; validation ``voc_2012_val_instance``.
+=====================================================  ============================================
+dataset name                                           file under ``$DETECTRON2_DATASETS``
+=====================================================  ============================================
+``{base}_p{N}``                                        ``{dir}/{stem}_n{N}_v0_without_masks.json``
+``{base}_p{N}_v{K}`` (K >= 1, §3.3.1's versions)       ``{dir}/{stem}_n{N}_v{K}_without_masks.json``
+``{base}_p{N}[_v{K}]_{tag}`` (e.g. ``random5``)        ``{dir}/{stem}_n{N}_v{K}_{tag}_without_masks.json``
+=====================================================  ============================================
+
+with (base, dir, stem, image root; validation set):
+
+- ``coco_2017_train``: ``coco/annotations``, ``instances_train2017``, ``coco/train2017``; ``coco_2017_val``.
+- ``lvis_v1_train``: ``lvis``, ``lvis_v1_train`` (LVIS format: images found from their ``coco_url``
+  under ``coco/``); ``lvis_v1_val``.
+- ``cityscapes_fine_instance_seg_train``: ``cityscapes``, ``cityscapes_fine_instance_seg_train``,
+  ``cityscapes/leftImg8bit/train``; ``cityscapes_fine_instance_seg_val``.
+- ``voc_2012_train_instance``: ``voc_2012_instance/annotations``, ``voc_2012_train_instance``,
+  ``voc_2012_instance/JPEGImages``; ``voc_2012_val_instance``.
+
+Detectron2 PointSup's name for COCO, ``coco_2017_train_points_n{N}_v{K}_without_masks``, names the
+same file. Registered are: the four P10 sets always (:data:`POINT_SUP_DATASET_PAIRS`), every such file
+that exists at import, and any name of the scheme that a point_sup tool is given
+(:func:`register_point_datasets`; a missing file is then reported when the dataset is loaded, with
+the file's path). Registration is lazy: nothing is read until the dataset is loaded.
 
 The COCO, LVIS and Cityscapes validation sets are Detectron2's builtin ones; the VOC 2012 instance
-sets (``voc_2012_{train,val}_instance``, COCO JSON with masks) are registered here. Each P10 set
-copies the class metadata of its mask-supervised counterpart (``coco_2017_train``, ...), so a model
-trained on points is evaluated with the same classes, and records its validation set under the
-metadata key ``paired_val_dataset``. Registration reads nothing from disk.
+sets (``voc_2012_{train,val}_instance``, COCO JSON with masks) are registered here. Each P_N set copies
+the class metadata of its mask-supervised counterpart (``coco_2017_train``, ...), so a model trained
+on points is evaluated with the same classes, and records its validation set under the metadata key
+``paired_val_dataset``.
 
 :func:`register_nuclei` registers the small real nuclei dataset of :mod:`point_sup.data.nuclei`.
 """
@@ -27,54 +40,76 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
+from .cityscapes import register_cityscapes_fallback
 from .datasets import register_coco_instances_with_points, register_lvis_instances_with_points
 from .nuclei import build_nuclei_coco
 from .point_simulation import write_point_annotation_file
 
 __all__ = [
+    "POINT_DATASET_FAMILIES",
     "POINT_SUP_DATASET_PAIRS",
+    "PointDatasetFamily",
+    "point_dataset_file",
     "register_all_point_sup",
     "register_nuclei",
     "register_nuclei_files",
+    "register_point_datasets",
 ]
 
 logger = logging.getLogger(__name__)
 
-# P10 training set -> mask-annotated validation set.
-POINT_SUP_DATASET_PAIRS: dict[str, str] = {
-    "coco_2017_train_p10": "coco_2017_val",
-    "lvis_v1_train_p10": "lvis_v1_val",
-    "cityscapes_fine_instance_seg_train_p10": "cityscapes_fine_instance_seg_val",
-    "voc_2012_train_instance_p10": "voc_2012_val_instance",
-}
 
-# name -> (mask-supervised dataset whose class metadata it shares, P10 JSON, image root), relative
-# to the datasets root. The LVIS P10 file is in LVIS format (images found from their coco_url under
-# coco/), the others in COCO format.
-_P10: dict[str, tuple[str, str, str]] = {
-    "coco_2017_train_p10": (
-        "coco_2017_train",
-        "coco/annotations/instances_train2017_n10_v0_without_masks.json",
-        "coco/train2017",
+@dataclass(frozen=True)
+class PointDatasetFamily:
+    """The P_N training sets made from one mask-annotated training set (see the module docstring)."""
+
+    base: str  # mask-annotated training set, whose class metadata the P_N sets share
+    val: str  # the mask-annotated set they are evaluated on
+    json_dir: str  # relative to the datasets root
+    stem: str  # the P_N file names start with it
+    image_root: str  # relative to the datasets root
+    lvis_format: bool = False
+
+
+POINT_DATASET_FAMILIES: tuple[PointDatasetFamily, ...] = (
+    PointDatasetFamily(
+        "coco_2017_train", "coco_2017_val", "coco/annotations", "instances_train2017", "coco/train2017"
     ),
-    "lvis_v1_train_p10": ("lvis_v1_train", "lvis/lvis_v1_train_n10_v0_without_masks.json", "coco/"),
-    "cityscapes_fine_instance_seg_train_p10": (
+    PointDatasetFamily("lvis_v1_train", "lvis_v1_val", "lvis", "lvis_v1_train", "coco/", lvis_format=True),
+    PointDatasetFamily(
         "cityscapes_fine_instance_seg_train",
-        "cityscapes/cityscapes_fine_instance_seg_train_n10_v0_without_masks.json",
+        "cityscapes_fine_instance_seg_val",
+        "cityscapes",
+        "cityscapes_fine_instance_seg_train",
         "cityscapes/leftImg8bit/train",
     ),
-    "voc_2012_train_instance_p10": (
+    PointDatasetFamily(
         "voc_2012_train_instance",
-        "voc_2012_instance/annotations/voc_2012_train_instance_n10_v0_without_masks.json",
+        "voc_2012_val_instance",
+        "voc_2012_instance/annotations",
+        "voc_2012_train_instance",
         "voc_2012_instance/JPEGImages",
     ),
-}
+)
+
+# P10 training set -> mask-annotated validation set (always registered).
+POINT_SUP_DATASET_PAIRS: dict[str, str] = {f"{f.base}_p10": f.val for f in POINT_DATASET_FAMILIES}
+
+# A tag is a word that cannot be read as a version ("v3").
+_TAG = r"(?!v\d+$)[a-z][a-z0-9]*"
+_FILE_RE = re.compile(
+    rf"^(?P<stem>.+)_n(?P<n>[1-9]\d*)_v(?P<k>\d+)(?:_(?P<tag>{_TAG}))?_without_masks\.json$"
+)
+_D2_POINT_SUP_RE = re.compile(r"^coco_2017_train_points_n(?P<n>[1-9]\d*)_v(?P<k>\d+)_without_masks$")
 
 # Mask-annotated VOC 2012 instance segmentation (SBD-augmented train, VOC val) in COCO JSON.
 _VOC_MASKS: dict[str, tuple[str, str]] = {
@@ -88,8 +123,8 @@ _VOC_MASKS: dict[str, tuple[str, str]] = {
     ),
 }
 
-# Class metadata shared between a P10 set and its mask-supervised counterpart; paths and the
-# evaluator type stay the P10 set's own.
+# Class metadata shared between a P_N set and its mask-supervised counterpart; paths and the
+# evaluator type stay the P_N set's own.
 _SHARED_METADATA_KEYS = (
     "thing_classes",
     "thing_colors",
@@ -111,11 +146,91 @@ def _class_metadata(name: str) -> dict:
     return {key: getattr(meta, key) for key in _SHARED_METADATA_KEYS if hasattr(meta, key)}
 
 
+def _canonical_name(family: PointDatasetFamily, n: int, k: int, tag: str | None) -> str:
+    return f"{family.base}_p{n}" + (f"_v{k}" if k else "") + (f"_{tag}" if tag else "")
+
+
+def _file_name(family: PointDatasetFamily, n: int, k: int, tag: str | None) -> str:
+    return f"{family.stem}_n{n}_v{k}" + (f"_{tag}" if tag else "") + "_without_masks.json"
+
+
+def point_dataset_file(name: str) -> tuple[PointDatasetFamily, str] | None:
+    """The family and the file (relative to the datasets root) that a P_N dataset name stands for.
+
+    Returns None for a name outside the scheme of the module docstring. ``{base}_p{N}_v0`` is
+    accepted as ``{base}_p{N}``.
+    """
+    match = _D2_POINT_SUP_RE.match(name)
+    if match:
+        family = POINT_DATASET_FAMILIES[0]
+        return family, f"{family.json_dir}/{_file_name(family, int(match['n']), int(match['k']), None)}"
+    for family in POINT_DATASET_FAMILIES:
+        match = re.match(
+            rf"^{re.escape(family.base)}_p(?P<n>[1-9]\d*)(?:_v(?P<k>\d+))?(?:_(?P<tag>{_TAG}))?$", name
+        )
+        if match:
+            n, k, tag = int(match["n"]), int(match["k"] or 0), match["tag"]
+            return family, f"{family.json_dir}/{_file_name(family, n, k, tag)}"
+    return None
+
+
+def _register_point_dataset(name: str, family: PointDatasetFamily, json_file: str, root: str) -> None:
+    metadata = {**_class_metadata(family.base), "paired_val_dataset": family.val}
+    register = (
+        register_lvis_instances_with_points if family.lvis_format else register_coco_instances_with_points
+    )
+    register(name, metadata, os.path.join(root, json_file), os.path.join(root, family.image_root))
+
+
+def register_point_datasets(names: Iterable[str], root: str | os.PathLike | None = None) -> list[str]:
+    """Register the P_N datasets of the naming scheme among ``names`` that are not registered yet.
+
+    Called by point_sup's tools with the datasets they are given, so that a name of the scheme works
+    before its file exists (its loading then fails naming the missing file). Names outside the scheme
+    are left to Detectron2 (whose error lists the registered datasets).
+
+    Args:
+        names: dataset names (e.g. ``cfg.DATASETS.TRAIN``).
+        root: the datasets root; default ``$DETECTRON2_DATASETS`` or ``datasets``.
+
+    Returns:
+        The names registered by this call.
+    """
+    root = os.fspath(root) if root is not None else os.getenv("DETECTRON2_DATASETS", "datasets")
+    registered = []
+    for name in names:
+        if name in DatasetCatalog:
+            continue
+        found = point_dataset_file(name)
+        if found is not None:
+            _register_point_dataset(name, *found, root)
+            registered.append(name)
+    return registered
+
+
+def _register_existing_point_files(root: str) -> None:
+    """Register the P_N files of the naming scheme that exist under ``root`` (a directory listing)."""
+    for family in POINT_DATASET_FAMILIES:
+        directory = Path(root) / family.json_dir
+        try:
+            entries = sorted(os.listdir(directory))
+        except OSError:  # no such dataset here
+            continue
+        for entry in entries:
+            match = _FILE_RE.match(entry)
+            if match is None or match["stem"] != family.stem:
+                continue
+            name = _canonical_name(family, int(match["n"]), int(match["k"]), match["tag"])
+            if name not in DatasetCatalog:
+                _register_point_dataset(name, family, f"{family.json_dir}/{entry}", root)
+
+
 def register_all_point_sup(root: str | os.PathLike) -> None:
     """Register the builtin datasets of this module with paths under ``root``.
 
     Names already registered are left as they are (so importing or calling this twice is harmless;
-    remove a name from both catalogs first to re-register it elsewhere). Reads nothing from disk.
+    remove a name from both catalogs first to re-register it elsewhere). Reads the directory listing
+    of the four P_N annotation folders, no file.
     """
     root = os.fspath(root)
     for name, (json_rel, image_rel) in _VOC_MASKS.items():
@@ -124,17 +239,8 @@ def register_all_point_sup(root: str | os.PathLike) -> None:
         register_coco_instances(
             name, _voc_metadata(), os.path.join(root, json_rel), os.path.join(root, image_rel)
         )
-    for name, (mask_name, json_rel, image_rel) in _P10.items():
-        if name in DatasetCatalog:
-            logger.debug(f"{name} is already registered; left as it is")
-            continue
-        metadata = {**_class_metadata(mask_name), "paired_val_dataset": POINT_SUP_DATASET_PAIRS[name]}
-        register = (
-            register_lvis_instances_with_points
-            if name.startswith("lvis")
-            else register_coco_instances_with_points
-        )
-        register(name, metadata, os.path.join(root, json_rel), os.path.join(root, image_rel))
+    register_point_datasets(POINT_SUP_DATASET_PAIRS, root)
+    _register_existing_point_files(root)
 
 
 NUCLEI_DIR = "nuclei"  # under $DETECTRON2_DATASETS
@@ -199,4 +305,5 @@ def _unregister(name: str) -> None:
 
 
 register_all_point_sup(os.getenv("DETECTRON2_DATASETS", "datasets"))
+register_cityscapes_fallback()  # Detectron2 HEAD's Cityscapes loader cannot import cityscapesscripts
 register_nuclei_files(os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), NUCLEI_DIR))

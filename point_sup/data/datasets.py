@@ -341,6 +341,15 @@ def _register(name, metadata, json_file, image_root, loader, evaluator_type: str
     """Lazy registration (nothing is read until the dataset is first loaded) with point metadata."""
     _check_args(name, metadata, json_file, image_root)
     json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-    DatasetCatalog.register(name, lambda: loader(json_file, image_root, name))
+
+    def load() -> list[dict]:
+        if not PathManager.exists(json_file):
+            raise FileNotFoundError(
+                f"dataset '{name}': its annotation file {json_file} does not exist (P_N files are made "
+                "with tools/prepare_point_annotations.py; datasets/README.md lists where each goes)"
+            )
+        return loader(json_file, image_root, name)
+
+    DatasetCatalog.register(name, load)
     defaults = {"json_file": json_file, "image_root": image_root, "evaluator_type": evaluator_type}
     MetadataCatalog.get(name).set(**{**defaults, "point_supervision": True, **metadata})  # metadata wins

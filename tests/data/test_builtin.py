@@ -3,7 +3,10 @@ identical to the mask-supervised datasets, lazy registration, and loading from $
 
 import importlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -239,3 +242,96 @@ def test_lvis_p10_made_from_another_dataset_fails(builtin_root, nuclei):
     _lvis_p10(nuclei, builtin_root / "lvis/lvis_v1_train_n10_v0_without_masks.json", 80, 1)
     with pytest.raises(ValueError, match=r"lvis_v1_train_n10_v0_without_masks.json: its categories \(80\)"):
         DatasetCatalog.get("lvis_v1_train_p10")
+
+
+COCO_ANN, VOC_ANN = "coco/annotations", "voc_2012_instance/annotations"
+
+
+@pytest.mark.parametrize(
+    ("name", "file"),
+    [
+        ("coco_2017_train_p10", f"{COCO_ANN}/instances_train2017_n10_v0_without_masks.json"),
+        ("coco_2017_train_p10_v0", f"{COCO_ANN}/instances_train2017_n10_v0_without_masks.json"),
+        ("coco_2017_train_p20_v3", f"{COCO_ANN}/instances_train2017_n20_v3_without_masks.json"),
+        ("coco_2017_train_p10_random5", f"{COCO_ANN}/instances_train2017_n10_v0_random5_without_masks.json"),
+        ("coco_2017_train_p1_v2_boundary5",
+         f"{COCO_ANN}/instances_train2017_n1_v2_boundary5_without_masks.json"),
+        # Detectron2 PointSup's own name for its first version of P10
+        ("coco_2017_train_points_n10_v1_without_masks",
+         f"{COCO_ANN}/instances_train2017_n10_v1_without_masks.json"),
+        ("lvis_v1_train_p50", "lvis/lvis_v1_train_n50_v0_without_masks.json"),
+        ("cityscapes_fine_instance_seg_train_p3_v4",
+         "cityscapes/cityscapes_fine_instance_seg_train_n3_v4_without_masks.json"),
+        ("voc_2012_train_instance_p5", f"{VOC_ANN}/voc_2012_train_instance_n5_v0_without_masks.json"),
+        ("coco_2017_train_p0", None),
+        ("coco_2017_train", None),
+        ("coco_2017_train_p10_V1", None),
+        ("my_dataset_p10", None),
+    ],
+)  # fmt: skip
+def test_point_dataset_names_resolve_to_the_simulators_files(name, file):
+    found = builtin.point_dataset_file(name)
+    assert (found[1] if found else None) == file
+
+
+def test_scheme_names_register_on_demand_and_name_a_missing_file(builtin_root):
+    name = "coco_2017_train_p20_v3"
+    assert name not in DatasetCatalog
+    try:
+        assert builtin.register_point_datasets(
+            [name, "coco_2017_val", "not_a_scheme_name"], builtin_root
+        ) == [name]
+        meta = MetadataCatalog.get(name)
+        assert meta.paired_val_dataset == "coco_2017_val" and meta.point_supervision is True
+        assert list(meta.thing_classes) == list(MetadataCatalog.get("coco_2017_train").thing_classes)
+        expected = builtin_root / "coco/annotations/instances_train2017_n20_v3_without_masks.json"
+        with pytest.raises(FileNotFoundError, match=rf"'{name}'.*{expected}.*prepare_point_annotations"):
+            DatasetCatalog.get(name)
+        assert builtin.register_point_datasets([name], builtin_root) == []  # already there
+    finally:
+        DatasetCatalog.pop(name, None)
+        MetadataCatalog.pop(name, None)
+
+
+def test_files_of_the_scheme_are_registered_at_import(tmp_path):
+    """A fresh `import point_sup` registers every P_N file of the scheme under $DETECTRON2_DATASETS:
+    the names need no Python, and other files in the folders are left alone."""
+    ann = tmp_path / "coco" / "annotations"
+    ann.mkdir(parents=True)
+    for f in (
+        "instances_train2017_n20_v0_without_masks.json",
+        "instances_train2017_n10_v4_without_masks.json",
+        "instances_train2017_n10_v0_boundary5_without_masks.json",
+        "instances_train2017.json",
+        "instances_val2017_n10_v0_without_masks.json",  # another stem: not a training set of the scheme
+    ):
+        (ann / f).write_text("{}")
+    (tmp_path / "voc_2012_instance" / "annotations").mkdir(parents=True)
+    (tmp_path / "voc_2012_instance/annotations/voc_2012_train_instance_n3_v1_without_masks.json").write_text(
+        "{}"
+    )
+    code = (
+        "import point_sup; from detectron2.data import DatasetCatalog, MetadataCatalog; "
+        "from point_sup.data.builtin import point_dataset_file; "
+        "names = sorted(n for n in DatasetCatalog.list() if point_dataset_file(n)); "
+        "print(names); print(MetadataCatalog.get('coco_2017_train_p10_v4').json_file)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    names, json_file = proc.stdout.strip().splitlines()[-2:]
+    assert eval(names) == sorted(
+        [
+            *POINT_SUP_DATASET_PAIRS,
+            "coco_2017_train_p20",
+            "coco_2017_train_p10_v4",
+            "coco_2017_train_p10_boundary5",
+            "voc_2012_train_instance_p3_v1",
+        ]
+    )
+    assert json_file == str(ann / "instances_train2017_n10_v4_without_masks.json")
