@@ -25,11 +25,20 @@ importable and so switch off ``COCOEvaluator``'s automatic fallback to pycocotoo
 
 from __future__ import annotations
 
+import dis
+import functools
 import importlib
 import importlib.abc
+import importlib.util
 import sys
 
-__all__ = ["HAS_C_EXTENSION", "MissingExtensionError", "apply", "coco_eval_fast_impl_available"]
+__all__ = [
+    "HAS_C_EXTENSION",
+    "MissingExtensionError",
+    "apply",
+    "coco_eval_fast_impl_available",
+    "detectron2_cityscapes_usable",
+]
 
 _EXTENSION = "detectron2._C"
 
@@ -139,3 +148,63 @@ def apply() -> bool:
 def coco_eval_fast_impl_available() -> bool:
     """Whether detectron2's C++ COCOeval can be used (for ``COCOEvaluator(use_fast_impl=...)``)."""
     return bool(apply())
+
+
+def detectron2_cityscapes_usable() -> bool:
+    """Whether Detectron2's own Cityscapes instance loader and evaluator can import cityscapesscripts.
+
+    True for Detectron2 from before December 2024 (such as the mid-2024 wheel of the virtualenv),
+    which imports the public ``cityscapesscripts`` package, when that is installed. False for
+    Detectron2 HEAD since December 2024, which imports it from a Meta-internal path
+    (``deeplearning.projects.cityscapesApi.cityscapesscripts``), so that its
+    ``cityscapes_fine_instance_seg_*`` datasets and ``CityscapesInstanceEvaluator`` fail with
+    ``No module named 'deeplearning'``; point_sup then uses its own loader and evaluator
+    (:mod:`point_sup.data.cityscapes`, :mod:`point_sup.evaluation.cityscapes`). Cached; executes no
+    cityscapesscripts module (see :func:`_detectron2_cityscapes_problem`).
+    """
+    return _detectron2_cityscapes_problem() is None
+
+
+# Where Detectron2 imports cityscapesscripts from is read from the bytecode of these functions
+# (their imports are local, executed only when a Cityscapes dataset is loaded or evaluated).
+_D2_CITYSCAPES_FUNCTIONS = {
+    "detectron2.data.datasets.cityscapes": ("load_cityscapes_instances", "_cityscapes_files_to_dict"),
+    "detectron2.evaluation.cityscapes_evaluation": (
+        "CityscapesInstanceEvaluator.process",
+        "CityscapesInstanceEvaluator.evaluate",
+    ),
+}
+# What Detectron2 imported before the change; assumed if no import is found in those functions.
+_PUBLIC_CITYSCAPES_MODULES = (
+    "cityscapesscripts.helpers.labels",
+    "cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling",
+)
+
+
+@functools.cache
+def _detectron2_cityscapes_problem() -> str | None:
+    """Why Detectron2's Cityscapes code cannot import cityscapesscripts, or None if it can.
+
+    Looks up each ``cityscapesscripts`` module that Detectron2's functions import with
+    :func:`importlib.util.find_spec`: the module itself is not executed, only its parent packages
+    are imported (empty ``__init__`` files for cityscapesscripts), so this costs milliseconds.
+    Reading the import statements from the functions' bytecode, rather than comparing Detectron2
+    versions, is exact for any build, also one whose internal path has been made importable.
+    """
+    modules: dict[str, None] = {}  # ordered set: the loader's imports are reported first
+    for module_name, qualnames in _D2_CITYSCAPES_FUNCTIONS.items():
+        module = importlib.import_module(module_name)
+        for qualname in qualnames:
+            function = functools.reduce(getattr, qualname.split("."), module)
+            for ins in dis.get_instructions(function):
+                if ins.opname == "IMPORT_NAME" and "cityscapesscripts" in ins.argval:
+                    modules[ins.argval] = None
+    for name in list(modules) or _PUBLIC_CITYSCAPES_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+            reason = "not found"
+        except ImportError as e:  # a parent package is missing, e.g. "No module named 'deeplearning'"
+            found, reason = False, f"{type(e).__name__}: {e}"
+        if not found:
+            return f"Detectron2's Cityscapes code imports {name}, which is not importable ({reason})"
+    return None

@@ -1,8 +1,12 @@
 """Shared test set-up: point_sup is imported first, as every entry point does; real nuclei data."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Shared test helpers import by name from here: `replicas` (dataset replicas), `recipes` (README recipes).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest
 
@@ -66,3 +70,16 @@ def nuclei_datasets(tmp_path_factory):
 def tiny_overrides():
     """``cfg.merge_from_list`` arguments that shrink any point_sup config (see TINY_OVERRIDES)."""
     return list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def cityscapes_replica(nuclei_datasets, tmp_path_factory):
+    """The Cityscapes replica of tests/replicas/cityscapes.py (about a second), registering nothing.
+
+    Returns its ``cityscapes`` folder, under a datasets root of its own (``.parent``): a subprocess
+    with ``DETECTRON2_DATASETS`` set to that root finds it under the builtin Cityscapes names.
+    """
+    from replicas import nuclei_tiles
+    from replicas.cityscapes import build_cityscapes
+
+    return build_cityscapes(tmp_path_factory.mktemp("cityscapes_root"), nuclei_tiles(nuclei_datasets))

@@ -38,7 +38,13 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
       numbers are. Without detectron2's C++ extension, pycocotools' COCOeval is used.
       A dataset with point labels but no masks gets box AP plus :class:`PointSupEvaluator`.
     * ``lvis``: LVISEvaluator (needs ``pip install lvis``).
-    * ``cityscapes_instance``: CityscapesInstanceEvaluator (needs ``cityscapesscripts``).
+    * ``cityscapes_instance``: CityscapesInstanceEvaluator (needs ``cityscapesscripts``), Detectron2's
+      where it is usable, otherwise point_sup's :class:`.cityscapes.CityscapesInstanceEvaluator`, the
+      same metric through the same files with the public package. Detectron2's is not usable where it
+      cannot import cityscapesscripts (HEAD since December 2024 imports it from a Meta-internal path;
+      :func:`compat.detectron2_cityscapes_usable`), nor where cityscapesscripts' own evaluation
+      driver fails on the installed numpy (numpy >= 2.4;
+      :func:`.cityscapes.cityscapesscripts_evaluation_runs_unaided`).
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
@@ -48,7 +54,12 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
 
         return LVISEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "cityscapes_instance":
-        from detectron2.evaluation import CityscapesInstanceEvaluator
+        from . import cityscapes
+
+        if compat.detectron2_cityscapes_usable() and cityscapes.cityscapesscripts_evaluation_runs_unaided():
+            from detectron2.evaluation import CityscapesInstanceEvaluator
+        else:
+            from .cityscapes import CityscapesInstanceEvaluator
 
         return CityscapesInstanceEvaluator(dataset_name)
     if evaluator_type != "coco":
