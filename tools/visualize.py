@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--score-threshold", type=float, default=0.5, help="minimum score of drawn predictions"
     )
+    parser.add_argument("--scale", type=int, default=1, help="enlarge images N times before drawing")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
     return parser.parse_args(argv)
 
@@ -75,11 +76,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     for record in tqdm(records, desc="drawing", unit="img"):
         image = utils.read_image(record["file_name"], format="RGB")
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
-        panels = [draw_points(image, record.get("annotations", []), metadata)]
+        panels = [draw_points(image, record.get("annotations", []), metadata, scale=args.scale)]
         if predictor is not None:
             bgr = np.ascontiguousarray(image[:, :, ::-1]) if predictor.input_format == "BGR" else image
             instances = predictor(bgr)["instances"]
-            panels.append(draw_predictions(image, instances, metadata, args.score_threshold))
+            panels.append(
+                draw_predictions(image, instances, metadata, args.score_threshold, scale=args.scale)
+            )
         path = os.path.join(args.output, f"{stem}.png")
         _save_png(path, np.concatenate(panels, axis=1))
         written.append(path)

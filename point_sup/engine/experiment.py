@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
 from ..config import add_point_sup_config
@@ -31,13 +32,15 @@ def load_config(config_file: str, overrides: Sequence = ()) -> CfgNode:
 
 
 def train_and_evaluate(
-    cfg: CfgNode, eval_datasets: Sequence[str] | None = None
+    cfg: CfgNode, eval_datasets: Sequence[str] | None = None, hooks: Sequence[HookBase] = ()
 ) -> tuple[torch.nn.Module, dict]:
     """Train ``cfg`` from scratch (or ``MODEL.WEIGHTS``), then evaluate on ``eval_datasets``.
 
     Args:
         cfg: a full config; it is frozen here.
         eval_datasets: datasets to evaluate on (default ``cfg.DATASETS.TEST``).
+        hooks: extra Detectron2 hooks (e.g. a progress display), run after the trainer's own;
+            new instances per call, since a hook belongs to one trainer.
 
     Returns:
         The trained model and ``{dataset_name: results}`` (Detectron2's evaluator output, e.g.
@@ -53,6 +56,7 @@ def train_and_evaluate(
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     trainer = PointSupTrainer(cfg)
     trainer.resume_or_load(resume=False)
+    trainer.register_hooks(list(hooks))
     trainer.train()
     model = trainer.model
     results = {}
