@@ -40,6 +40,7 @@ __all__ = [
     "coco_dict_from_catalog",
     "dumps_json",
     "flatten_polygons",
+    "integer_image_ids",
     "load_coco_instances",
     "read_json",
     "relative_image_paths",
@@ -494,6 +495,23 @@ def relative_image_paths(images: list[dict[str, Any]], image_root: str | os.Path
         img["file_name"] = path[len(prefix) :] if prefix and path.startswith(prefix) else path
 
 
+def integer_image_ids(coco: dict[str, Any]) -> None:
+    """Renumber, in place, images whose ids are not integers to 1..N (in file order), and their
+    annotations' ``image_id`` with them.
+
+    Detectron2's Cityscapes loader names each image by its file name (``image_id`` is
+    ``"aachen_000000_000019_leftImg8bit.png"``), which ``convert_to_coco_dict`` keeps as the COCO
+    image id; COCO's ids are integers. Files whose ids are all integers are left as they are.
+    """
+    if all(_positive_int(img.get("id")) is not None for img in coco["images"]):
+        return
+    new_ids = {img["id"]: k for k, img in enumerate(coco["images"], start=1)}
+    for img in coco["images"]:
+        img["id"] = new_ids[img["id"]]
+    for ann in coco["annotations"]:
+        ann["image_id"] = new_ids[ann["image_id"]]
+
+
 def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
     """A dataset registered in Detectron2's ``DatasetCatalog`` as a COCO instances dict.
 
@@ -505,7 +523,8 @@ def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
     ``datasets/cityscapes/leftImg8bit/train/aachen/x.png``), but a COCO file's ``file_name`` is
     read relative to the image root it is registered with. So ``file_name`` is written relative to
     the image directory of the dataset's metadata (:func:`catalog_image_root`) for images under
-    it, and as an absolute path otherwise (no image directory, or an image outside it).
+    it, and as an absolute path otherwise (no image directory, or an image outside it). Image ids
+    that are not integers (Detectron2's Cityscapes file names) become 1..N (:func:`integer_image_ids`).
     """
     from detectron2.data import DatasetCatalog
     from detectron2.data.datasets.coco import convert_to_coco_dict
@@ -514,6 +533,7 @@ def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
         raise CocoFormatError(f"no dataset named {dataset_name!r} is registered in DatasetCatalog")
     coco = convert_to_coco_dict(dataset_name)
     relative_image_paths(coco["images"], catalog_image_root(dataset_name))
+    integer_image_ids(coco)
     for ann in coco["annotations"]:
         segm = ann.get("segmentation")
         if isinstance(segm, dict) and isinstance(segm.get("counts"), bytes):

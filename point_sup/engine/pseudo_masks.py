@@ -20,7 +20,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from ..data.coco_json import catalog_image_root, relative_image_paths
+from ..data.coco_json import catalog_image_root, integer_image_ids, relative_image_paths
 
 __all__ = ["predict_pseudo_masks", "pseudo_mask_coco_dict"]
 
@@ -105,7 +105,8 @@ def pseudo_mask_coco_dict(dataset_name: str, records: list[dict]) -> dict:
     metadata of ``dataset_name`` (for the category ids of the original file). Each image's
     ``file_name`` is written relative to the image root of ``dataset_name``
     (:func:`~point_sup.data.coco_json.relative_image_paths`), so the file is registered with that same
-    root (e.g. ``datasets/coco/train2017``); images outside it keep an absolute path.
+    root (e.g. ``datasets/coco/train2017``); images outside it keep an absolute path. Image ids
+    that are not integers (Detectron2's Cityscapes loader) become 1..N.
     """
     tmp_name = f"{dataset_name}__point_sup_pseudo_masks"
     if tmp_name in DatasetCatalog.list():
@@ -122,5 +123,6 @@ def pseudo_mask_coco_dict(dataset_name: str, records: list[dict]) -> dict:
         DatasetCatalog.remove(tmp_name)
         MetadataCatalog.remove(tmp_name)
     relative_image_paths(coco["images"], catalog_image_root(dataset_name))
+    integer_image_ids(coco)
     coco["info"]["description"] = f"point_sup pseudo masks for {dataset_name}"
     return coco

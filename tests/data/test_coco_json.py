@@ -122,3 +122,25 @@ def test_read_json_errors_and_nan_literals(tmp_path):
 
 def test_dumps_is_compact_and_deterministic():
     assert dumps_json({"a": [1, 2.5], "b": "é"}) == '{"a":[1,2.5],"b":"é"}'.encode()
+
+
+def test_integer_image_ids_renumber_only_non_integer_ids():
+    """Detectron2's Cityscapes loader names images by file name; COCO ids are integers."""
+    from point_sup.data.coco_json import integer_image_ids
+
+    coco = {
+        "images": [
+            {"id": "aachen_000000_000019_leftImg8bit.png"},
+            {"id": "bochum_000000_000313_leftImg8bit.png"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": "bochum_000000_000313_leftImg8bit.png"},
+            {"id": 2, "image_id": "aachen_000000_000019_leftImg8bit.png"},
+        ],
+    }
+    integer_image_ids(coco)
+    assert [img["id"] for img in coco["images"]] == [1, 2]
+    assert [a["image_id"] for a in coco["annotations"]] == [2, 1]
+    already = {"images": [{"id": 7}, {"id": 3}], "annotations": [{"id": 1, "image_id": 3}]}
+    integer_image_ids(already)
+    assert already == {"images": [{"id": 7}, {"id": 3}], "annotations": [{"id": 1, "image_id": 3}]}
