@@ -37,7 +37,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
       VOC is reported as COCO-style AP50 (the ``AP50`` entry), which is what the paper's VOC
       numbers are. Without detectron2's C++ extension, pycocotools' COCOeval is used.
       A dataset with point labels but no masks gets box AP plus :class:`PointSupEvaluator`.
-    * ``lvis``: LVISEvaluator (needs ``pip install lvis``).
+    * ``lvis``: Detectron2's LVISEvaluator (needs ``pip install lvis``), through
+      :class:`.lvis.LVISEvaluator`, which lets lvis 0.5.3 (PyPI's latest) evaluate on numpy >= 1.24.
     * ``cityscapes_instance``: CityscapesInstanceEvaluator (needs ``cityscapesscripts``), Detectron2's
       where it is usable, otherwise point_sup's :class:`.cityscapes.CityscapesInstanceEvaluator`, the
       same metric through the same files with the public package. Detectron2's is not usable where it
@@ -50,7 +51,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
     if evaluator_type == "lvis":
-        from detectron2.evaluation import LVISEvaluator
+        from .lvis import LVISEvaluator
 
         return LVISEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "cityscapes_instance":

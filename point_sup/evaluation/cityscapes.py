@@ -11,20 +11,19 @@ same protocol with the public package and runs with either numpy;
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import glob
 import importlib
 import os
-import types
 from collections import OrderedDict
-from collections.abc import Iterator
 
 import numpy as np
 from detectron2.evaluation.cityscapes_evaluation import CityscapesEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from PIL import Image
+
+from .numpy_compat import numpy_with_old_names
 
 __all__ = ["CityscapesInstanceEvaluator", "cityscapesscripts_evaluation_runs_unaided"]
 
@@ -46,49 +45,12 @@ def cityscapesscripts_evaluation_runs_unaided() -> bool:
     """Whether cityscapesscripts' ``evaluateImgLists`` (what Detectron2's evaluator calls) runs with
     this numpy.
 
-    It does not with numpy >= 2.4, which removed the ``np.in1d`` it calls (see :func:`_numpy_in1d`),
+    It does not with numpy >= 2.4, which removed the ``np.in1d`` it calls (:mod:`.numpy_compat`),
     nor where ``np.count_nonzero`` returns a numpy integer (numpy 2.4 here), which its
     ``writeDict2JSON`` cannot serialize when it dumps ``matches.json`` into the working directory.
     :class:`CityscapesInstanceEvaluator` runs either way.
     """
     return hasattr(np, "in1d") and isinstance(np.count_nonzero(np.zeros(1, dtype=bool)), int)
-
-
-class _NumpyWithIn1d(types.ModuleType):
-    """numpy plus ``in1d``, as cityscapesscripts' evaluation module sees it (see :func:`_numpy_in1d`)."""
-
-    def __init__(self) -> None:
-        super().__init__("numpy")
-
-    def __getattr__(self, name: str):
-        return getattr(np, name)
-
-    @staticmethod
-    def in1d(ar1, ar2, assume_unique: bool = False, invert: bool = False) -> np.ndarray:
-        # numpy < 2.4's in1d: membership of each element of ar1, flattened to (ar1.size,).
-        return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
-
-
-@contextlib.contextmanager
-def _numpy_in1d(cityscapes_eval: types.ModuleType) -> Iterator[None]:
-    """Give cityscapesscripts' instance evaluation the ``np.in1d`` it calls, for the time of the block.
-
-    cityscapesscripts 2.3.0, its latest release, calls ``np.in1d`` (to find the void pixels of the
-    ground truth), which numpy 2.4 removed: its evaluation, and so Detectron2's evaluator of any
-    version, fails with ``AttributeError: module 'numpy' has no attribute 'in1d'``
-    (https://github.com/mcordts/cityscapesScripts/pull/196, unreleased). Only where numpy lacks it,
-    that module's global ``np`` is replaced by numpy plus ``in1d`` (as :func:`numpy.isin`, flattened),
-    and restored afterwards; numpy itself and every other module are left alone.
-    """
-    if hasattr(np, "in1d"):
-        yield
-        return
-    original = cityscapes_eval.np
-    cityscapes_eval.np = _NumpyWithIn1d()
-    try:
-        yield
-    finally:
-        cityscapes_eval.np = original
 
 
 class CityscapesInstanceEvaluator(CityscapesEvaluator):
@@ -104,7 +66,7 @@ class CityscapesInstanceEvaluator(CityscapesEvaluator):
     ``..._leftImg8bit_pred.txt`` listing ``<png> <Cityscapes label id> <score>`` per line, into a
     temporary folder shared by the processes of the machine (see ``CityscapesEvaluator.reset``).
 
-    Unlike Detectron2's, it runs with numpy >= 2.4 (see :func:`_numpy_in1d`), leaves
+    Unlike Detectron2's, it runs with numpy >= 2.4 (:mod:`.numpy_compat`), leaves
     cityscapesscripts' module-level ``args`` as they are (it works on a copy), writes nothing into the
     working directory (``evaluateImgLists`` would write ``matches.json`` there), turns
     cityscapesscripts' ``sys.exit`` on a problem into a RuntimeError, and removes the temporary folder
@@ -175,7 +137,7 @@ class CityscapesInstanceEvaluator(CityscapesEvaluator):
             # evaluateImgLists(), step by step, without its matches.json in the working directory.
             cityscapes_eval.setInstanceLabels(args)
             gt_instances = cityscapes_eval.getGtInstances(gt_files, args)
-            with _numpy_in1d(cityscapes_eval):
+            with numpy_with_old_names(cityscapes_eval, "in1d"):
                 matches = cityscapes_eval.matchGtWithPreds(predictions, gt_files, gt_instances, args)
             ap_scores = cityscapes_eval.evaluateMatches(matches, args)
             averages = cityscapes_eval.computeAverages(ap_scores, args)

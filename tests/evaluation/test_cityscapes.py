@@ -24,9 +24,9 @@ from point_sup.data.cityscapes import load_cityscapes_instances
 from point_sup.evaluation import build_evaluator
 from point_sup.evaluation.cityscapes import (
     CityscapesInstanceEvaluator,
-    _numpy_in1d,
     cityscapesscripts_evaluation_runs_unaided,
 )
+from point_sup.evaluation.numpy_compat import numpy_with_old_names
 
 D2_USABLE = compat.detectron2_cityscapes_usable()
 needs_d2 = pytest.mark.skipif(
@@ -139,7 +139,7 @@ def test_same_numbers_as_detectron2s_evaluator(cityscapes_val, tmp_path, monkeyp
         )
     pairs = _ground_truth_predictions(cityscapes_val)
     for predictions in (pairs, _degraded(pairs)):
-        with _numpy_in1d(cityscapes_eval):
+        with numpy_with_old_names(cityscapes_eval, "in1d"):
             theirs = _evaluate(D2Evaluator(cityscapes_val), predictions)
         # After Detectron2's run, whose settings stay in cityscapesscripts' module-level args.
         ours = _evaluate(CityscapesInstanceEvaluator(cityscapes_val), predictions)
@@ -161,7 +161,7 @@ def test_in1d_stand_in_is_numpys_in1d():
     """cityscapesscripts calls ``np.in1d(gt, void_ids).reshape(gt.shape)``: the stand-in gives
     numpy < 2.4's result, flattened membership."""
     gt = np.array([[0, 1, 2], [3, 1, 0]])
-    with _numpy_in1d(cityscapes_eval):
+    with numpy_with_old_names(cityscapes_eval, "in1d"):
         flat = cityscapes_eval.np.in1d(gt, [1, 3])
         inverted = cityscapes_eval.np.in1d(gt, [1, 3], invert=True)
         assert cityscapes_eval.np.zeros is np.zeros  # everything else is numpy's
