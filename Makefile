@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast test-upstream lint format clean
 
 setup:
 	@bash tools/setup_env.sh $(VENV)
@@ -19,6 +19,12 @@ test: setup
 ## Set-up, then the suite without tests marked slow.
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## The suite against upstream detectron2 built from source, with and without its C++ extension:
+## make test-upstream D2_SRC=/path/to/detectron2 (a clone of github.com/facebookresearch/detectron2).
+test-upstream: setup
+	@test -n "$(D2_SRC)" || { echo "usage: make test-upstream D2_SRC=/path/to/detectron2"; exit 2; }
+	bash tools/test_against_upstream.sh $(D2_SRC) $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

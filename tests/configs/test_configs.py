@@ -1,4 +1,9 @@
-"""Every YAML under configs/ loads, builds and trains one iteration (tiny scale, CPU), so none can rot."""
+"""Every YAML under configs/ loads, builds and trains one iteration, so none can rot.
+
+The configs of README.md's recipes are trained at their full architecture on dataset replicas by
+tests/recipes/test_readme_recipes.py; the others (the 1x schedules, the nuclei miniature) here, shrunk
+to a tiny model on the nuclei data (TINY_OVERRIDES).
+"""
 
 import math
 from pathlib import Path
@@ -6,12 +11,16 @@ from pathlib import Path
 import pytest
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
+from recipes.readme_recipes import configs_of_recipes, parse_recipes
 
 from point_sup import add_point_sup_config
 from point_sup.engine import PointSupTrainer
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = ROOT / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("Base-"))
+IN_RECIPES = {ROOT / c for c in configs_of_recipes(parse_recipes((ROOT / "README.md").read_text()))}
+NOT_IN_RECIPES = [p for p in CONFIGS if p not in IN_RECIPES]
 
 
 def load(path: Path):
@@ -35,14 +44,23 @@ def test_configs_found():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_point_supervised_configs_name_point_sup_heads(path):
+    cfg = load(path)
+    if cfg.INPUT.POINT_SUP:  # P10 files say so, and train on points; the rest on masks
+        assert "P10" in path.stem or "point" in str(cfg.DATASETS.TRAIN), path
+        assert cfg.MODEL.ROI_MASK_HEAD.NAME.startswith("PointSup"), f"{path}: needs a point_sup head"
+
+
+def test_recipes_and_this_test_cover_every_config():
+    assert set(CONFIGS) >= IN_RECIPES and len(IN_RECIPES) >= 25
+    assert {p.parent.name for p in NOT_IN_RECIPES} <= {"COCO", "nuclei"}
+
+
+@pytest.mark.parametrize("path", NOT_IN_RECIPES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_config_trains_one_iteration(path, nuclei_datasets, tiny_overrides, tmp_path):
     cfg = load(path)
     paper_head = cfg.MODEL.ROI_MASK_HEAD.NAME
-    point_sup = cfg.INPUT.POINT_SUP
-    if point_sup:  # P10 files say so, and train on points; the rest on masks
-        assert "P10" in path.stem or "point" in str(cfg.DATASETS.TRAIN), path
-        assert paper_head.startswith("PointSup"), f"{path}: a point-supervised config needs a point_sup head"
-    train = "nuclei_train_p10" if point_sup else "nuclei_train"
+    train = "nuclei_train_p10" if cfg.INPUT.POINT_SUP else "nuclei_train"
     cfg.merge_from_list(tiny_overrides)
     cfg.merge_from_list(
         ["DATASETS.TRAIN", (train,), "DATASETS.TEST", ("nuclei_val",), "OUTPUT_DIR", str(tmp_path)]

@@ -1,4 +1,4 @@
-"""Each point_sup head, trained from scratch on CPU for a few minutes, learns the real nuclei image.
+"""Each point_sup head, trained from scratch on CPU for a few minutes from P10, learns the real nuclei image.
 
 The training-image mask AP (pycocotools, through Detectron2's COCOEvaluator) of a model trained a
 few hundred small steps must be far above that of the same model untrained: evidence that the
@@ -16,8 +16,8 @@ from point_sup.engine import PointSupTrainer
 from point_sup.engine.experiment import load_config, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
+# The heads trained from points; the mask-supervised Mask R-CNN is Detectron2's head and loss, unchanged.
 HEADS = {
-    "mask_rcnn_M": "configs/nuclei/mask_rcnn_R_18_FPN_M.yaml",
     "mask_rcnn_P10": "configs/nuclei/mask_rcnn_R_18_FPN_P10.yaml",
     "point_rend_P10": "configs/nuclei/point_rend_R_18_FPN_P10.yaml",
     "implicit_point_rend_P10": "configs/nuclei/implicit_point_rend_R_18_FPN_P10.yaml",
