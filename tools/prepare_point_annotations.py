@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import logging
 import sys
 import time
@@ -37,6 +36,7 @@ from point_sup.data.point_simulation import (
 )
 from point_sup.data.sharded_simulation import NotShardableError, ShardedSimulation, ShardWorkers
 from point_sup.utils.file_io import StagedFiles
+from point_sup.utils.process import gc_paused
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
 
@@ -109,15 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A loaded COCO file is millions of containers: cyclic garbage collections triggered while
-    # it is processed would each traverse all of them (several times the conversion's own cost).
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():  # a loaded COCO file is millions of containers (see gc_paused)
         return _main(argv)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _main(argv: list[str] | None) -> int:

@@ -17,7 +17,6 @@ this is the command-line shell.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import math
 import os
@@ -167,21 +166,16 @@ def _check_paths(parser: argparse.ArgumentParser, input_path: str, output_path: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    # A loaded COCO file is millions of containers: collections while it is filtered are wasted time.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _main(argv)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-
     # Imported only now: --help answers at once.
+    from point_sup.utils.process import gc_paused
+
+    with gc_paused():  # a loaded COCO file is millions of containers (see gc_paused)
+        return _main(parser, args)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from point_sup.data.annotation_budget import (
         AnnotationTimeModel,
         BudgetError,

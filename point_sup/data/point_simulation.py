@@ -41,12 +41,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
-import gc
 import math
 import multiprocessing
 import multiprocessing.pool
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import contains, itemgetter
@@ -56,6 +55,7 @@ import numpy as np
 import orjson
 
 from ..utils.file_io import atomic_write_bytes
+from ..utils.process import gc_paused
 from .coco_json import CocoFormatError, CocoInstances, dumps_json, load_coco_instances, segmentation_kind
 
 __all__ = [
@@ -557,23 +557,6 @@ class SimulationStats:
     num_flipped: list[int] = field(default_factory=list)  # per version
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (restored on exit).
-
-    A loaded COCO file is millions of container objects; every collection triggered by the many
-    small lists created here would traverse them all, and, in forked workers, would also write to
-    every object header and so copy the parent's memory page by page.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 _POLYGON, _RLE = 0, 1
 _LOOKAHEAD = 8  # chunks in flight to the workers
 
@@ -867,7 +850,7 @@ def simulate_point_annotations(
         if progress:
             progress(len(res["has"]))
 
-    with _gc_paused(), contextlib.ExitStack() as stack:
+    with gc_paused(), contextlib.ExitStack() as stack:
         if pool is None and workers > 1 and len(bounds) > 1:
             pool = stack.enter_context(make_worker_pool(min(workers, len(bounds))))
         if pool is not None:
