@@ -49,7 +49,8 @@ def train_and_evaluate(
     if eval_datasets is None:
         eval_datasets = cfg.DATASETS.TEST
     cfg = cfg.clone()
-    cfg.DATASETS.TEST = tuple(eval_datasets)
+    # Evaluated once, below: the trainer's own end-of-training evaluation would repeat it.
+    cfg.DATASETS.TEST = ()
     cfg.freeze()
     # What default_setup does in tools/train_net.py: SEED >= 0 makes initialisation and data order
     # reproducible (Detectron2's trainer does not seed by itself).
