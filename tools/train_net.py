@@ -88,8 +88,42 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_error(args: argparse.Namespace) -> str | None:
+    """Why the config of ``args`` cannot be built (missing file, unknown key, bad value), or None.
+
+    Run once before :func:`launch`, so that a mistake is one message naming the file or key, not a
+    Detectron2 traceback from every worker process.
+    """
+    import yaml
+
+    cfg = add_point_sup_config(get_cfg())
+    where = f"config file {args.config_file!r}"
+    try:
+        if not args.config_file:
+            return "--config-file is required"
+        try:
+            cfg.merge_from_file(args.config_file)
+        except AssertionError as e:  # Detectron2's "Config file ... does not exist!", also of a _BASE_
+            return f"{where}: {e}"
+        except FileNotFoundError as e:
+            return f"{where}: cannot read {e.filename or e}"
+        except yaml.YAMLError as e:
+            return f"{where} is not valid YAML: {e}"
+        except (KeyError, ValueError, TypeError) as e:
+            return f"{where} (or a _BASE_ file it names): {e.args[0] if e.args else e}"
+        where = "the command-line overrides"
+        cfg.merge_from_list(args.opts)
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        return f"{where}: {e.args[0] if e.args else e}"
+    return None
+
+
 def invoke_main() -> None:
-    args = argument_parser().parse_args()
+    parser = argument_parser()
+    args = parser.parse_args()
+    problem = config_error(args)
+    if problem is not None:
+        parser.error(problem)
     print("Command Line Args:", args)
     launch(
         main,

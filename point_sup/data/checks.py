@@ -60,7 +60,9 @@ def check_point_supervision(
       - the mask head has a point head (PointRend, Implicit PointRend) and
         ``MODEL.POINT_HEAD.NUM_CLASSES != MODEL.ROI_HEADS.NUM_CLASSES``;
       - a dataset's number of ``thing_classes`` differs from ``MODEL.ROI_HEADS.NUM_CLASSES``;
-      - a dataset has no annotated instance, or ``INPUT.SAMPLE_POINTS`` is negative.
+      - a dataset has no annotated instance, or ``INPUT.SAMPLE_POINTS`` is negative;
+      - ``INPUT.POINT_SUP`` is on and no object of a dataset has a labelled point (when some have
+        none, a warning gives their share).
 
     Args:
         cfg: a config with point_sup's keys (:func:`point_sup.add_point_sup_config`).
@@ -136,3 +138,31 @@ def check_point_supervision(
                         + ("INPUT.POINT_SUP" if point_sup else "the mask head (MODEL.MASK_ON)")
                         + f" needs; {remedy}"
                     )
+        if point_sup:
+            _check_labelled_points(name, dicts)
+
+
+def _check_labelled_points(name: str, dicts: Sequence[dict]) -> None:
+    """ValueError if no non-crowd object of the dataset has a labelled point; a warning with the share
+    of objects without one otherwise (the simulator gives zero-area boxes none, so a few are normal).
+    Every annotation is counted, not a sample: an object without points contributes no mask loss."""
+    total = without = 0
+    for record in dicts:
+        for anno in record.get("annotations", ()):
+            if anno.get("iscrowd", 0) == 0:
+                total += 1
+                without += len(anno.get("point_labels", ())) == 0
+    if total and without == total:
+        raise ValueError(
+            f"dataset '{name}': none of its {total} objects has a labelled point (every 'point_labels' "
+            "is empty), so the mask head would learn nothing (loss_mask 0); make the P_N file with "
+            "tools/prepare_point_annotations.py, or label points with tools/annotate.py"
+        )
+    if without:
+        logger.warning(
+            "dataset '%s': %d of %d objects (%.1f%%) have no labelled point and give no mask loss",
+            name,
+            without,
+            total,
+            100 * without / total,
+        )
