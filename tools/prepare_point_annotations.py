@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import string
 import sys
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ from point_sup.data.point_simulation import (
 )
 from point_sup.data.sharded_simulation import NotShardableError, ShardedSimulation, ShardWorkers
 from point_sup.utils.file_io import StagedFiles
-from point_sup.utils.process import gc_paused
+from point_sup.utils.process import exit_on_termination, gc_paused
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
 
@@ -45,6 +47,12 @@ def output_paths(output: str, num_versions: int) -> list[Path]:
     """One path per version: ``OUTPUT`` itself for one version; with several, ``{version}`` in
     OUTPUT is replaced by the version number, or else ``_v{k}`` is inserted before the suffix."""
     if "{version}" in output:
+        fields = {name for _, name, _, _ in string.Formatter().parse(output) if name is not None}
+        if fields != {"version"}:
+            raise ValueError(
+                f"OUTPUT {output!r} may contain only the field {{version}}, not "
+                + ", ".join("{" + name + "}" for name in sorted(fields - {"version"}))
+            )
         paths = [Path(output.format(version=k)) for k in range(num_versions)]
         if len(set(paths)) != len(paths):
             raise ValueError(f"OUTPUT {output!r} does not give distinct names per version")
@@ -53,6 +61,38 @@ def output_paths(output: str, num_versions: int) -> list[Path]:
         return [Path(output)]
     p = Path(output)
     return [p.with_name(f"{p.stem}_v{k}{p.suffix}") for k in range(num_versions)]
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 2**64:  # the sampler's keys are 64-bit
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
+    return value
+
+
+def check_outputs(outputs: list[Path], inputs: list[str]) -> str | None:
+    """Why the outputs cannot be written (checked before any work), or None.
+
+    Each output's folder must exist and be writable, the output must not be a folder, and it must
+    not name an input (also through a symbolic or hard link): the input would be replaced.
+    """
+    for out in outputs:
+        if not out.parent.is_dir():
+            return f"the output directory {out.parent} does not exist"
+        if not os.access(out.parent, os.W_OK | os.X_OK):
+            return f"the output directory {out.parent} is not writable"
+        if out.is_dir():
+            return f"OUTPUT {out} is a directory"
+        for source in inputs:
+            same = os.path.realpath(source) == os.path.realpath(out)
+            if not same and out.exists() and os.path.exists(source):
+                same = os.path.samefile(source, out)
+            if same:
+                return f"OUTPUT {out} is the input file {source}: refusing to overwrite the input"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read a dataset registered in Detectron2's DatasetCatalog instead of INPUT",
     )
     parser.add_argument("--num-points", type=int, default=10, help="points per object, N (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed in [0, 2**64) (default 0)")
     parser.add_argument(
         "--num-versions",
         type=int,
@@ -109,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with gc_paused():  # a loaded COCO file is millions of containers (see gc_paused)
+    # SIGTERM (a scheduler's kill) runs the same cleanup as Ctrl-C: workers stopped, staged
+    # outputs removed; under SIGKILL the workers die with this process (see ShardWorkers).
+    with exit_on_termination(), gc_paused():  # a loaded COCO file is millions of containers
         return _main(argv)
 
 
@@ -123,8 +165,8 @@ def _main(argv: list[str] | None) -> int:
     for name, value, low in (("--num-points", args.num_points, 1), ("--num-versions", args.num_versions, 1)):
         if value < low:
             parser.error(f"{name} must be >= {low}")
-    if args.workers < 1 or args.seed < 0 or not 0.0 <= args.noise_rate <= 1.0:
-        parser.error("--workers must be >= 1, --seed >= 0, --noise-rate in [0, 1]")
+    if args.workers < 1 or not 0.0 <= args.noise_rate <= 1.0:
+        parser.error("--workers must be >= 1, --noise-rate in [0, 1]")
 
     from detectron2.utils.logger import setup_logger
 
@@ -133,10 +175,12 @@ def _main(argv: list[str] | None) -> int:
         outputs = output_paths(args.paths[-1], args.num_versions)
     except ValueError as e:
         parser.error(str(e))
-    for out in outputs:
-        if not out.parent.is_dir():
-            logger.error("output directory %s does not exist", out.parent)
-            return 2
+    problem = check_outputs(
+        outputs, [args.paths[0]] if args.dataset is None else _dataset_files(args.dataset)
+    )
+    if problem is not None:
+        logger.error("%s", problem)
+        return 2
 
     t0 = time.perf_counter()
     if args.dataset is None and args.workers > 1:
@@ -150,6 +194,16 @@ def _main(argv: list[str] | None) -> int:
         # Workers are forked before the dataset is loaded (see make_worker_pool).
         pool = stack.enter_context(make_worker_pool(args.workers)) if args.workers > 1 else None
         return _convert(args, outputs, pool, t0)
+
+
+def _dataset_files(name: str) -> list[str]:
+    """The annotation file that a registered dataset is read from, if its metadata names one."""
+    from detectron2.data import MetadataCatalog
+
+    import point_sup  # noqa: F401  (registers point_sup's datasets too)
+
+    json_file = MetadataCatalog.get(name).get("json_file", None)
+    return [json_file] if isinstance(json_file, str) else []
 
 
 def _convert_sharded(args: argparse.Namespace, outputs: list[Path], workers: ShardWorkers, t0: float) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "CocoInstances",
     "SegmentationKind",
     "catalog_image_root",
+    "check_unique_top_level_keys",
     "coco_dict_from_catalog",
     "dumps_json",
     "flatten_polygons",
@@ -124,18 +125,59 @@ def read_json(path: str | os.PathLike) -> Any:
     gc_was_enabled = gc.isenabled()
     gc.disable()  # parsing creates millions of containers; collections in between are wasted time
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         first_error = e
+    else:
+        check_unique_top_level_keys(raw, value, source)
+        return value
     finally:
         if gc_was_enabled:
             gc.enable()
     # orjson rejects NaN/Infinity literals and numbers beyond float range; the standard library
     # accepts them, so the validator can then name the annotation that holds the bad value.
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CocoFormatError(f"not valid JSON ({first_error})", source=source) from first_error
+    check_unique_top_level_keys(raw, value, source)
+    return value
+
+
+def check_unique_top_level_keys(raw: bytes, value: Any, source: str) -> None:
+    """Raise :class:`CocoFormatError` if the top-level object of the JSON text ``raw`` repeats a key.
+
+    JSON parsers keep the last of repeated keys silently, so a file with two ``"annotations"``
+    arrays would lose the first. ``value`` is ``raw`` parsed. A key can only repeat if its quoted
+    text occurs twice, which one ``bytes.count`` per key rules out in the common case; only then is
+    the top level walked with the standard library's scanner (keys written with ``\\u`` escapes
+    are seen by the walk only).
+    """
+    if not isinstance(value, dict):
+        return
+    if all(raw.count(orjson.dumps(key)) <= 1 for key in value):
+        return
+    text = raw.decode("utf-8")
+    decoder = json.JSONDecoder()
+    ws = json.decoder.WHITESPACE  # type: ignore[attr-defined]
+    pos = ws.match(text, 0).end() + 1  # after "{"
+    seen: set[str] = set()
+    while True:
+        pos = ws.match(text, pos).end()
+        if text[pos] == "}":
+            return
+        key, pos = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]
+        if key in seen:
+            raise CocoFormatError(
+                f"the top-level key {key!r} occurs more than once (a JSON reader keeps only the last)",
+                source=source,
+            )
+        seen.add(key)
+        pos = ws.match(text, ws.match(text, pos).end() + 1).end()  # past ":"
+        _, pos = decoder.raw_decode(text, pos)
+        pos = ws.match(text, pos).end()
+        if text[pos] == ",":
+            pos += 1
 
 
 def dumps_json(obj: Any) -> bytes:
@@ -395,12 +437,12 @@ def _check_points(ann: dict[str, Any], h: int, w: int, fail) -> None:
     if not isinstance(coords, list) or not isinstance(labels, list) or len(coords) != len(labels):
         raise fail("'point_coords' and 'point_labels' must be lists of equal length")
     for p in coords:
-        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) for v in p)):
+        if not (isinstance(p, list) and len(p) == 2 and all(type(v) is int for v in p)):
             raise fail(f"point_coords entries must be [x, y] integer pixel indices, got {p!r}")
         if not (0 <= p[0] < w and 0 <= p[1] < h):
             raise fail(f"point {p} lies outside the {w}x{h} image")
-    if any(v not in (0, 1) or isinstance(v, float) for v in labels):
-        raise fail(f"point_labels must be 0 or 1, got {labels!r}")
+    if any(type(v) is not int or v not in (0, 1) for v in labels):
+        raise fail(f"point_labels must be the integers 0 or 1, got {labels!r}")
 
 
 def flatten_polygons(

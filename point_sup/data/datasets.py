@@ -30,6 +30,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Mapping
+from itertools import chain
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -49,6 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 POINT_ANNOTATION_KEYS = ("point_coords", "point_labels")
+_NUMBER_TYPES = {int, float}  # what a JSON number parses to (bool, a subclass of int, is not one)
 # "id" is kept as well so that errors (here and in the mapper) can name the offending annotation.
 _EXTRA_ANNOTATION_KEYS = [*POINT_ANNOTATION_KEYS, "id"]
 
@@ -138,9 +140,18 @@ def _concatenate(entries: list[tuple[dict, dict]]) -> tuple[np.ndarray | None, n
     offsets = np.concatenate([[0], np.cumsum(num_coords)])
     if not np.array_equal(num_coords, num_labels):
         return None, None, offsets
+    points = [p for _, a in entries for p in a["point_coords"]]
+    label_list = [v for _, a in entries for v in a["point_labels"]]
+    # JSON numbers only: numpy would turn "3" or true into 3.0 or 1.0 without a word.
+    if not (
+        set(map(type, points)) <= {list}
+        and set(map(type, chain.from_iterable(points))) <= _NUMBER_TYPES
+        and set(map(type, label_list)) <= _NUMBER_TYPES
+    ):
+        return None, None, offsets
     try:
-        coords = np.array([p for _, a in entries for p in a["point_coords"]], dtype=np.float64)
-        labels = np.array([v for _, a in entries for v in a["point_labels"]], dtype=np.float64)
+        coords = np.array(points, dtype=np.float64)
+        labels = np.array(label_list, dtype=np.float64)
     except (TypeError, ValueError):
         return None, None, offsets
     if coords.size == 0:
@@ -171,6 +182,17 @@ def _validated_points(record: Mapping, anno: Mapping, source: str) -> tuple[np.n
         raise ValueError(
             f"{_where(source, record, anno)}: {len(coords)} point_coords but {labels.size} point_labels"
         )
+    # JSON numbers only: numpy turned "3" or true into 3.0 or 1.0 above without a word.
+    for field, values in (
+        ("point_coords", [v for point in anno["point_coords"] for v in point]),
+        ("point_labels", anno["point_labels"]),
+    ):
+        bad = [v for v in values if type(v) not in _NUMBER_TYPES]
+        if bad:
+            raise ValueError(
+                f"{_where(source, record, anno)}: {field} must hold JSON numbers, got "
+                f"{type(bad[0]).__name__} {bad[0]!r}"
+            )
     if not np.isin(labels, (0, 1)).all():
         raise ValueError(
             f"{_where(source, record, anno)}: point_labels must be 0 (background) or "
@@ -187,8 +209,9 @@ def _validated_points(record: Mapping, anno: Mapping, source: str) -> tuple[np.n
         )
     inside = (coords[:, 0] >= 0) & (coords[:, 0] < width) & (coords[:, 1] >= 0) & (coords[:, 1] < height)
     if not inside.all():
+        point = anno["point_coords"][int(np.flatnonzero(~inside)[0])]  # as written, however large
         raise ValueError(
-            f"{_where(source, record, anno)}: point {coords[~inside][0].astype(int).tolist()} lies "
+            f"{_where(source, record, anno)}: point {list(point)} lies "
             f"outside the {width}x{height} image (pixel indices must be in [0, width) x [0, height))"
         )
     return coords, labels

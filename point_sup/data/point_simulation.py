@@ -55,7 +55,7 @@ import numpy as np
 import orjson
 
 from ..utils.file_io import atomic_write_bytes
-from ..utils.process import gc_paused
+from ..utils.process import die_with_parent, forking_workers, gc_paused
 from .coco_json import CocoFormatError, CocoInstances, dumps_json, load_coco_instances, segmentation_kind
 
 __all__ = [
@@ -604,19 +604,25 @@ def _read_chunk(
     parts = list(chain.from_iterable(polygons))
     part_len = np.fromiter(map(len, parts), np.int64, len(parts))
     part_ann = np.repeat(poly, np.fromiter(map(len, polygons), np.int64, len(polygons)))
+    error = None
+    # Coordinates must be JSON numbers: numpy would read "3.5" or true as 3.5 or 1.0, and a part of
+    # nested [x, y] pairs would look like a part under 3 vertices. One pass at C speed.
+    if not set(map(type, chain.from_iterable(parts))) <= {int, float}:
+        bad = next(k for k, part in enumerate(parts) if not set(map(type, part)) <= {int, float})
+        error = int(part_ann[bad])
     keep = part_len >= 6  # at least 3 vertices
     kept = list(compress(parts, keep.tolist())) if not keep.all() else parts
     part_len, owners = part_len[keep], part_ann[keep]
-    error = None
     try:
         coords = np.fromiter(chain.from_iterable(kept), np.float64, int(part_len.sum()))
         finite = np.isfinite(coords)
-        if not finite.all():  # None becomes NaN in fromiter; inf/NaN can come from a Python dict
+        if not finite.all():  # inf/NaN can come from a Python dict (or the standard JSON parser)
             bad = np.searchsorted(np.cumsum(part_len), np.flatnonzero(~finite)[0], side="right")
-            error = int(owners[bad])
-    except (TypeError, ValueError):  # a string, a nested list, ...: find the first culprit
+            error = int(owners[bad]) if error is None else min(error, int(owners[bad]))
+    except (TypeError, ValueError):  # a non-number (found above): the first bad part may be earlier
         coords = np.zeros(0)
-        error = next(int(j) for j, part in zip(owners, kept, strict=True) if not _finite_numbers(part))
+        first = next(int(j) for j, part in zip(owners, kept, strict=True) if not _finite_numbers(part))
+        error = first if error is None else min(error, first)
     rles = {}
     for j in np.flatnonzero(kind == _RLE).tolist():
         if error is not None and j > error:
@@ -641,23 +647,28 @@ def _read_chunk(
         "skipped_parts": int(len(keep) - keep.sum()),
         "crowd": crowd,
         "source": instances.source,
-        "error": None if error is None else (error, _bad_coordinates(instances, chunk[error])),
+        "error": None if error is None else (error, _bad_coordinates(instances, chunk[error], segms[error])),
     }
 
 
 def _finite_numbers(part: list[Any]) -> bool:
-    try:
-        return bool(np.isfinite(np.fromiter(part, np.float64, len(part))).all())
-    except (TypeError, ValueError):
-        return False
+    """Whether a polygon part holds finite JSON numbers only."""
+    return all(type(v) in (int, float) and math.isfinite(v) for v in part)
 
 
-def _bad_coordinates(instances: CocoInstances, ann: dict[str, Any]) -> CocoFormatError:
+def _bad_coordinates(instances: CocoInstances, ann: dict[str, Any], segm: list[Any]) -> CocoFormatError:
+    """The error of an annotation whose polygon coordinates ``segm`` are not all finite JSON numbers."""
+    detail = "polygon coordinates must be finite numbers"
+    for part in segm:
+        culprit = next((v for v in part if type(v) not in (int, float) or not math.isfinite(v)), None)
+        if isinstance(culprit, list):
+            detail += f" in flat lists [x0, y0, x1, y1, ...], got a part of {len(part)} [x, y] pairs"
+            break
+        if culprit is not None:
+            detail += f", got {type(culprit).__name__} {culprit!r}"
+            break
     return CocoFormatError(
-        "polygon coordinates must be finite numbers",
-        source=instances.source,
-        image_id=ann.get("image_id"),
-        annotation_id=ann.get("id"),
+        detail, source=instances.source, image_id=ann.get("image_id"), annotation_id=ann.get("id")
     )
 
 
@@ -767,10 +778,18 @@ def make_worker_pool(workers: int) -> multiprocessing.pool.Pool:
     """A pool of ``workers`` forked processes for :func:`simulate_point_annotations`.
 
     Fork is used (the workers need only this module's functions; tasks carry plain arrays); each
-    worker calls :func:`keep_freed_memory`. Use it as a context manager, and create it before
-    loading a large dataset.
+    worker calls :func:`keep_freed_memory` and dies with the main process, however that ends. Use
+    it as a context manager, and create it before loading a large dataset.
     """
-    return multiprocessing.get_context("fork").Pool(workers, initializer=keep_freed_memory)
+    with forking_workers():
+        return multiprocessing.get_context("fork").Pool(
+            workers, initializer=_init_worker, initargs=(os.getpid(),)
+        )
+
+
+def _init_worker(parent_pid: int) -> None:
+    die_with_parent(parent_pid)  # also under SIGKILL of the main process
+    keep_freed_memory()
 
 
 def check_simulation_options(num_points: int, noise_rate: float, noise_mode: str) -> bool:

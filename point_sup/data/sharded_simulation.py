@@ -50,10 +50,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..utils.process import die_with_parent, forking_workers
 from .coco_json import (
     CocoFormatError,
     CocoInstances,
     _annotations_pass_fast_checks,
+    check_unique_top_level_keys,
     dumps_json,
     validate_coco_instances,
 )
@@ -183,14 +185,18 @@ class _Shard:
             value = orjson.loads(buf)
         except orjson.JSONDecodeError as e:
             raise NotShardableError(f"a shard does not parse on its own ({e})") from None
-        del buf
         tail = None
         if last:
             if not (isinstance(value, dict) and next(iter(value), None) == "annotations"):
                 raise NotShardableError("the end of the file is not the rest of the top-level object")
+            try:
+                check_unique_top_level_keys(buf, value, path)
+            except CocoFormatError:
+                raise NotShardableError("a top-level key occurs twice") from None
             self.anns, tail = value.pop("annotations"), value
         else:
             self.anns = value
+        del buf
         return len(self.anns), tail
 
     def validate(self, images: list[tuple[int, int, int]], category_ids: list[int]) -> np.ndarray:
@@ -267,8 +273,16 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _serve(conn: Connection) -> None:
-    """A worker's loop: run the requests ``(method, args)`` of :class:`_Shard` until ``None``."""
+def _serve(conn: Connection, inherited: Sequence[Connection], parent_pid: int) -> None:
+    """A worker's loop: run the requests ``(method, args)`` of :class:`_Shard` until ``None``.
+
+    ``inherited``: the main process's ends of this and the earlier workers' pipes, which the fork
+    copied here. They are closed first: while any process holds the main end of this pipe, the
+    worker would never see it close, and so would outlive a main process that was killed.
+    """
+    for other in inherited:
+        other.close()
+    die_with_parent(parent_pid)
     gc.disable()  # parsed JSON holds no cycles; collections would only traverse millions of objects
     keep_freed_memory()
     shard = _Shard()
@@ -297,7 +311,9 @@ class ShardWorkers:
 
     Like :func:`~point_sup.data.point_simulation.make_worker_pool`, create it before loading
     anything large (workers forked later would share, then copy, the parent's pages). Use it as a
-    context manager: leaving it stops the workers.
+    context manager: leaving it stops the workers. A worker dies with the main process however
+    that ends (SIGKILL included): it holds no end of the main process's pipes, and Linux kills it
+    when its parent dies (:func:`~point_sup.utils.process.die_with_parent`).
     """
 
     def __init__(self, n: int) -> None:
@@ -306,13 +322,15 @@ class ShardWorkers:
         ctx = multiprocessing.get_context("fork")
         self._conns: list[Connection] = []
         self._procs = []
-        for _ in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child,), daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+        with forking_workers():
+            for _ in range(n):
+                parent, child = ctx.Pipe()
+                inherited = [*self._conns, parent]
+                proc = ctx.Process(target=_serve, args=(child, inherited, os.getpid()), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
         self._busy = 0
 
     def __len__(self) -> int:
@@ -439,7 +457,10 @@ class ShardedSimulation:
         workers.send("parse", [(self.source, a, b, i == last) for i, (a, b) in enumerate(layout.pieces)])
         try:  # while the workers parse their shards
             head = orjson.loads(head_text + b"]}")
+            check_unique_top_level_keys(head_text + b"]}", head, self.source)
         except orjson.JSONDecodeError:
+            head = None
+        except CocoFormatError:  # the whole-file path reports it
             head = None
         parsed = workers.collect()
         if not (isinstance(head, dict) and list(head)[-1:] == ["annotations"] and head["annotations"] == []):

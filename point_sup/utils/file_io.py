@@ -4,18 +4,25 @@ Every helper writes to a temporary file in the *same directory* as the target (s
 :func:`os.replace` is a rename within one filesystem, which POSIX makes atomic), flushes and
 fsyncs it, gives it the permissions an ordinary ``open(path, "w")`` would have given, and only then
 replaces the target. On any exception the temporary file is removed and the target is untouched.
+
+A process killed outright (SIGKILL, power loss) cannot remove its temporary file. Temporary files
+are therefore named ``.<target name>.<host>_<pid>_<random>.tmp``, and the next write of the same
+target removes those of its host whose process no longer exists (:func:`remove_stale_temps`): a
+killed run leaves its temporary files until the next run, which leaves only its own outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["StagedFiles", "atomic_open", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["StagedFiles", "atomic_open", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
 
 
 def _default_mode(target: Path) -> int:
@@ -30,8 +37,61 @@ def _default_mode(target: Path) -> int:
     return 0o666 & ~umask
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0]) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``target`` left by processes of this host that no longer run.
+
+    Only files named as this module names them (``.<name>.<host>_<pid>_<random>.tmp``) are
+    considered; those of live processes, of other hosts (a shared filesystem) and every other file
+    are left alone. Returns the files removed.
+    """
+    target = Path(target)
+    pattern = re.compile(
+        rf"^\.{re.escape(target.name)}\.(?P<host>[A-Za-z0-9]+)_(?P<pid>\d+)_[A-Za-z0-9_]+\.tmp$"
+    )
+    host, removed = _host(), []
+    try:
+        entries = os.listdir(target.parent)
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry)
+        if match and match["host"] == host and not _alive(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target.parent / entry)
+                removed.append(target.parent / entry)
+    return removed
+
+
+def _backup(target: Path) -> Path | None:
+    """A hard link to ``target`` under a fresh temporary name, or None where links are unsupported."""
+    fd, backup = _make_temp(target)
+    os.close(fd)
+    os.unlink(backup)  # the name only: a link needs it free
+    try:
+        os.link(target, backup)
+    except OSError:
+        return None
+    return backup
+
+
 def _make_temp(target: Path) -> tuple[int, Path]:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    prefix = f".{target.name}.{_host()}_{os.getpid()}_"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
     return fd, Path(tmp)
 
 
@@ -131,10 +191,36 @@ class StagedFiles:
         self._staged.clear()
 
     def commit(self) -> None:
+        """Every staged file replaces its target, or, if one cannot, none does.
+
+        The targets that exist are first hard-linked to temporary backups; if a rename fails, the
+        targets already replaced get their previous content back (or are removed again) before the
+        error propagates. Where hard links are not supported, a failed commit may leave the targets
+        renamed before it replaced.
+        """
+        backups: list[tuple[Path, Path]] = []
+        done: list[Path] = []
         try:
+            for target, _ in self._staged:
+                backup = _backup(target) if target.is_file() else None
+                if backup is not None:
+                    backups.append((target, backup))
             for target, tmp in self._staged:
                 os.replace(tmp, target)
+                done.append(target)
+        except BaseException:
+            saved = dict(backups)
+            for target in done:
+                with contextlib.suppress(OSError):
+                    if target in saved:
+                        os.replace(saved.pop(target), target)
+                    else:
+                        os.unlink(target)
+            raise
         finally:
+            for _, backup in backups:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(backup)
             self.discard()  # leftovers only if a rename failed
 
     def __enter__(self) -> StagedFiles:

@@ -6,7 +6,7 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-__all__ = ["gc_paused"]
+__all__ = ["die_with_parent", "exit_on_termination", "forking_workers", "gc_paused"]
 
 
 @contextlib.contextmanager
@@ -25,3 +25,82 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+_TERMINATION = ("SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def forking_workers() -> Iterator[None]:
+    """Fork worker processes inside this block; they must call :func:`die_with_parent` first.
+
+    SIGTERM and SIGHUP are held back (blocked, not lost) in this thread for the block, and so in
+    every process and thread forked or started in it. A forked child inherits the parent's Python
+    handlers (:func:`exit_on_termination`'s), and a signal arriving between ``fork()`` and the
+    interpreter's after-fork reset is discarded: a worker told to stop at that moment (as
+    ``Pool.terminate`` does right after a failed start) would wait forever. Blocked, the signal
+    waits for :func:`die_with_parent`, which restores the default action first.
+    """
+    import signal
+
+    held = {getattr(signal, name) for name in _TERMINATION}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """In a worker forked inside :func:`forking_workers`: die on SIGTERM/SIGHUP (the default action,
+    not an inherited handler) and be killed (SIGKILL) when the parent process dies, whatever kills it.
+
+    The death signal is Linux's ``PR_SET_PDEATHSIG``; where the parent died before it was set, exit
+    at once. Returns False where that call is unavailable (not Linux): the worker then relies on the
+    end of its pipe.
+    """
+    import ctypes
+    import os
+    import signal
+
+    held = {getattr(signal, name) for name in _TERMINATION}
+    for signum in held:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, held)  # a stop request held back by the fork: now
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent_pid:  # the parent is already gone: nobody would read our results
+        os._exit(1)
+    return True
+
+
+@contextlib.contextmanager
+def exit_on_termination() -> Iterator[None]:
+    """Turn SIGTERM (and SIGHUP) into ``SystemExit`` for the block, so that a scheduler's kill runs
+    the cleanup of ``with`` and ``finally`` (workers stopped, staged files removed) like Ctrl-C's
+    ``KeyboardInterrupt`` does. The previous handlers are restored afterwards; only in the main
+    thread (signal handlers can only be set there), elsewhere the block runs unchanged."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in (getattr(signal, name) for name in _TERMINATION)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

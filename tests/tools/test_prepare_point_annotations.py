@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -59,6 +60,16 @@ def test_nuclei_end_to_end(nuclei, tmp_path):
         assert ann["point_labels"] == mask[pts[:, 1], pts[:, 0]].tolist()
         fg += sum(ann["point_labels"])
     assert 0.4 < fg / 1000 < 0.95  # nuclei fill most of their boxes
+
+
+@pytest.fixture(autouse=True)
+def tool_logs_reach_caplog(caplog):
+    """The tool sets up Detectron2's logger for "point_sup", which does not propagate to the root
+    logger where caplog listens: caplog listens on "point_sup" itself."""
+    log = logging.getLogger("point_sup")
+    log.addHandler(caplog.handler)
+    yield
+    log.removeHandler(caplog.handler)
 
 
 @pytest.fixture
