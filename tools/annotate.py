@@ -16,6 +16,7 @@ lives in :mod:`point_sup.annotation`; this is the command-line shell.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import signal
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from point_sup.annotation import AnnotationServer, AnnotationStore, OutputInUseError, is_loopback
+    from point_sup.annotation import AnnotationServer, OutputInUseError, is_loopback
     from point_sup.data.coco_json import load_coco_instances
 
     images = Path(args.images)
@@ -140,18 +141,30 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     # The same validation, with the same errors, as the simulator; masks are optional here.
     instances = load_coco_instances(args.annotations, require_segmentation=False)
+    # Images checked, socket bound, and only then the output and its journal created: a start
+    # refused for a bad file_name or a busy port leaves no session behind to be "resumed".
     try:
-        store = AnnotationStore(
-            instances, args.output, num_points=args.num_points, seed=args.seed, shard=args.shard
+        server = AnnotationServer.open_session(
+            instances,
+            args.output,
+            images,
+            num_points=args.num_points,
+            seed=args.seed,
+            shard=args.shard,
+            host=args.host,
+            port=args.port,
         )
-    except OutputInUseError as e:
-        logger.error("%s", e)
+    except FileExistsError:
+        raise  # an output of another tool: main() reports it
+    except (OutputInUseError, OSError) as e:  # another annotator on it; the port is taken
+        hint = (
+            "; choose another --port (0 picks a free one)"
+            if getattr(e, "errno", None) == errno.EADDRINUSE
+            else ""
+        )
+        logger.error("%s%s", e, hint)
         return 1
-    try:
-        server = AnnotationServer(store, images, host=args.host, port=args.port)
-    except BaseException:
-        store.close()
-        raise
+    store = server.store
     if not is_loopback(args.host):
         logger.warning(
             "bound to %s, not a loopback address: anyone who can reach this machine on port %d can "

@@ -9,9 +9,18 @@ The command line is ``tools/annotate.py``.
 
 from .report import AnnotationReport, build_report
 from .server import AnnotationServer, is_loopback, resolve_image_paths
-from .store import AnnotationStore, ConflictError, OutputInUseError, journal_path, merge_outputs, plan_tasks
+from .store import (
+    MAX_SECONDS_PER_ANSWER,
+    AnnotationStore,
+    ConflictError,
+    OutputInUseError,
+    journal_path,
+    merge_outputs,
+    plan_tasks,
+)
 
 __all__ = [
+    "MAX_SECONDS_PER_ANSWER",
     "AnnotationReport",
     "AnnotationServer",
     "AnnotationStore",

@@ -7,7 +7,8 @@ One annotation session writes two files:
     annotation, ``point_coords`` (``[x, y]`` integer pixel indices, sampled exactly as
     :func:`point_sup.data.point_simulation.simulate_point_annotations` samples them for the same
     seed, version 0) and ``point_labels`` (1 object, 0 background), plus ``point_seconds``: the
-    seconds the annotator took for each answer. It only ever describes finished work:
+    seconds the annotator took for each answer (from 0 to ``MAX_SECONDS_PER_ANSWER``, an hour).
+    It only ever describes finished work:
 
     * ``images`` holds the *complete* images (every object answered or flagged); an image with
       objects still to do is left out, with its finished objects, so that training never treats an
@@ -24,10 +25,13 @@ One annotation session writes two files:
 ``OUTPUT.journal``
     The record of every answer, flag and undo, one JSON object per line, appended and fsynced
     *before* the answer is acknowledged. It is the source of truth: restarting with the same
-    ``OUTPUT`` replays it and resumes at the first unfinished object. A line torn by a crash while
-    being written is discarded on the next start. Each event stores the object's box; if the box
-    has changed in the input since (e.g. a flagged box was fixed), that object's old events are
-    ignored and it is asked again.
+    ``OUTPUT`` replays it and resumes at the first unfinished object. Every line is validated on
+    replay (types, ranges, labels; a bool is not an integer) and a bad one stops the start with an
+    error naming the journal, the line (1-based) and the field. A line torn by a crash while
+    being written is discarded on the next start, with a warning naming the answer (object and
+    point index) that was lost. Each event stores the object's box; if the box has changed in the
+    input since (e.g. a flagged box was fixed), that object's old events are ignored and it is
+    asked again.
 
 Several annotators work on separate outputs (e.g. ``--shard 1/2`` and ``--shard 2/2``) and
 :func:`merge_outputs` joins them.
@@ -40,6 +44,7 @@ import fcntl
 import logging
 import math
 import os
+import re
 import statistics
 import threading
 import time
@@ -64,6 +69,7 @@ __all__ = [
     "FLAGGED_KEY",
     "FLAG_BAD_BOX",
     "JOURNAL_SUFFIX",
+    "MAX_SECONDS_PER_ANSWER",
     "META_KEY",
     "AnnotationStore",
     "ConflictError",
@@ -85,6 +91,10 @@ FLAG_REASONS = (FLAG_BAD_BOX,)
 JOURNAL_FORMAT = 1
 # The simulator's version index whose sampling a labelled file reproduces (its default, single version).
 SAMPLING_VERSION = 0
+# The longest time one answer may record, in seconds. The page does not count time with its tab
+# hidden and caps what it sends here; anything longer is an annotator who walked away, not a
+# measurement, and would only distort the report's means.
+MAX_SECONDS_PER_ANSWER = 3600.0
 
 
 class ConflictError(RuntimeError):
@@ -94,6 +104,21 @@ class ConflictError(RuntimeError):
 
 class OutputInUseError(RuntimeError):
     """Another process is annotating into the same output."""
+
+
+def _is_int(v: Any) -> bool:
+    # JSON's true/false arrive as Python bools, which are ints: never accepted as one.
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _as_json(v: Any, limit: int = 80) -> str:
+    # Journal values are quoted as the file has them (true, null, "x"), cut to a readable length.
+    text = orjson.dumps(v).decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def journal_path(output: str | os.PathLike) -> Path:
@@ -171,6 +196,16 @@ class AnnotationStore:
     Thread-safe: every method takes one lock, so concurrent requests are applied one at a time and
     the journal order is the order in which they were applied. An exclusive ``flock`` on the
     journal keeps a second process away from the same output for as long as the store is open.
+
+    :attr:`version` counts the answers, flags and undos recorded in the journal (this session and
+    earlier ones; it is not the sampling ``version`` of the header). A change made against a
+    version other than the current one (``version=`` of :meth:`answer`, :meth:`flag`,
+    :meth:`undo`) is refused with :class:`ConflictError`: a stale page or a replayed request
+    cannot take back or record more than its sender saw.
+
+    Constructing a store creates ``OUTPUT.journal`` and ``OUTPUT`` if they do not exist yet; if
+    the construction fails after that, it removes what it created (never files of an earlier
+    session). Validate everything else first (see :meth:`AnnotationServer.open_session`).
     """
 
     def __init__(
@@ -204,10 +239,21 @@ class AnnotationStore:
         self._image_order = shard_images
         self._lock = threading.Lock()
         self._cursor = 0
+        self._version = 0
         self._fh = None
-        self._open_journal()
-        self._advance()
-        self.write_output()
+        created = self._open_journal()
+        try:
+            self._advance()
+            self.write_output()
+        except BaseException:
+            self._abandon(created)
+            raise
+
+    @property
+    def version(self) -> int:
+        """The number of answers, flags and undos recorded so far (see the class docstring)."""
+        with self._lock:
+            return self._version
 
     # ------------------------------------------------------------------ journal
 
@@ -223,61 +269,105 @@ class AnnotationStore:
             "time": time.time(),
         }
 
-    def _open_journal(self) -> None:
+    def _open_journal(self) -> bool:
+        """Lock the journal (creating it if missing), then start it or resume from it.
+
+        Returns whether this call created the journal file (so that a failed start removes it).
+        """
         if not self.journal.exists() and self.output.exists():
             raise FileExistsError(
                 f"{self.output} exists but has no journal {self.journal.name}: it was not written by "
                 "this tool (or its journal was removed); choose another --output instead of overwriting it"
             )
-        fresh = not self.journal.exists()
+        created = not self.journal.exists()
         # "a+b": created if missing, never truncated by opening; reads from the start.
         fh = open(self.journal, "a+b")  # noqa: SIM115  (kept open for the store's lifetime)
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            # Not ours to remove even if we created it: the process holding the lock uses it.
             fh.close()
             raise OutputInUseError(
                 f"{self.output} is being annotated by another process (lock on {self.journal})"
             ) from None
         self._fh = fh
-        if fresh:
+        try:
+            self._load_journal()
+        except BaseException:
+            self._abandon(created)
+            raise
+        return created
+
+    def _abandon(self, created: bool) -> None:
+        # A failed start: release the lock and remove the files this start created. The output
+        # cannot predate a journal this start created (refused above), so it is ours too.
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if created:
+            for path in (self.journal, self.output):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _load_journal(self) -> None:
+        assert self._fh is not None
+        self._fh.seek(0)
+        raw = self._fh.read()
+        if not raw:
             self._append(self._header())
             _fsync_dir(self.journal.parent)
             logger.info("started a new journal %s", self.journal)
             return
-        fh.seek(0)
-        raw = fh.read()
-        if raw and not raw.endswith(b"\n"):
-            # A crash while a line was being written: that answer was never acknowledged.
-            cut = raw.rfind(b"\n") + 1
-            logger.warning(
-                "%s: discarding a torn last line (%d bytes) left by a crash", self.journal, len(raw) - cut
-            )
-            fh.truncate(cut)
-            os.fsync(fh.fileno())
-            raw = raw[:cut]
-        lines = raw.splitlines()
-        events = []
-        for n, line in enumerate(lines, 1):
+        # A crash while a line was being written leaves it without its newline: that change was
+        # never acknowledged. It is cut off only once the rest has been validated and replayed,
+        # so that a start refused for any reason leaves the journal exactly as it was.
+        cut = raw.rfind(b"\n") + 1
+        torn = raw[cut:]
+        events: list[tuple[int, dict[str, Any]]] = []
+        for n, line in enumerate(raw[:cut].splitlines(), 1):
             try:
-                events.append(orjson.loads(line))
+                ev = orjson.loads(line)
             except orjson.JSONDecodeError:
                 raise CocoFormatError(
                     f"line {n} is not valid JSON (corrupted journal)", source=str(self.journal)
                 ) from None
-        if not events:  # created but the header never reached the disk
+            events.append((n, ev))
+        if events:
+            self._check_header(events[0][1])
+            self._replay([(n, self._validated(n, ev)) for n, ev in events[1:]])
+        if torn:
+            logger.warning(
+                "%s: discarding a torn last line (%d bytes) left by a crash: %s",
+                self.journal,
+                len(torn),
+                self._describe_torn(torn, has_header=bool(events)),
+            )
+            self._fh.truncate(cut)
+            os.fsync(self._fh.fileno())
+        if not events:  # created but the header never (completely) reached the disk
             self._append(self._header())
-            return
-        self._check_header(events[0])
-        self._replay(events[1:])
 
-    def _check_header(self, header: dict[str, Any]) -> None:
-        if header.get("op") != "header" or header.get("format") != JOURNAL_FORMAT:
+    def _journal_error(self, n: int, message: str) -> CocoFormatError:
+        return CocoFormatError(f"line {n}: {message} (corrupted journal)", source=str(self.journal))
+
+    def _check_header(self, header: Any) -> None:
+        if (
+            not isinstance(header, dict)
+            or header.get("op") != "header"
+            or header.get("format") != JOURNAL_FORMAT
+        ):
             raise CocoFormatError("first line is not a journal header of this tool", source=str(self.journal))
         for key, mine in (("num_points", self.num_points), ("seed", self.seed), ("shard", list(self.shard))):
-            if header.get(key) != mine:
+            theirs = header.get(key)
+            well_formed = (
+                isinstance(theirs, list) and len(theirs) == 2 and all(_is_int(v) for v in theirs)
+                if key == "shard"
+                else _is_int(theirs)
+            )
+            if not well_formed:
+                raise self._journal_error(1, f"'{key}' of the header is malformed: {theirs!r}")
+            if theirs != mine:
                 flag = {"num_points": "--num-points", "seed": "--seed", "shard": "--shard"}[key]
-                theirs = header.get(key)
                 if key == "shard":
                     theirs, mine = f"{theirs[0] + 1}/{theirs[1]}", f"{mine[0] + 1}/{mine[1]}"
                 raise ValueError(
@@ -285,40 +375,142 @@ class AnnotationStore:
                     "value, or choose another --output"
                 )
 
-    def _replay(self, events: list[dict[str, Any]]) -> None:
-        # Undo pops the latest answer/flag, so the effective history is computed first; events of
-        # objects whose box changed since (or that left the input) are then skipped as a whole.
-        effective: list[dict[str, Any]] = []
-        for ev in events:
-            if ev.get("op") == "undo":
+    def _validated(self, n: int, ev: Any) -> dict[str, Any]:
+        """``ev`` (journal line ``n``, 1-based) if it is an event this tool writes; else a
+        :class:`CocoFormatError` naming the journal, the line and the field."""
+        if not isinstance(ev, dict):
+            raise self._journal_error(n, f"expected a JSON object, got {_as_json(ev)}")
+        op = ev.get("op")
+        if op not in ("answer", "flag", "undo"):
+            raise self._journal_error(n, f'\'op\' must be "answer", "flag" or "undo", got {_as_json(op)}')
+
+        def field(key: str, ok: bool, expected: str) -> None:
+            if not ok:
+                shown = _as_json(ev[key]) if key in ev else "missing"
+                raise self._journal_error(n, f"'{key}' of this {op} must be {expected}, got {shown}")
+
+        t = ev.get("time")
+        field("time", _is_number(t) and math.isfinite(t), "a finite number")
+        if op == "undo":
+            return ev
+        field("ann_id", _is_int(ev.get("ann_id")) and abs(ev["ann_id"]) < 2**63, "a 64-bit integer")
+        bbox = ev.get("bbox")
+        field(
+            "bbox",
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(_is_number(v) and math.isfinite(v) for v in bbox),
+            "[x, y, width, height] (4 finite numbers)",
+        )
+        if op == "flag":
+            field("reason", ev.get("reason") in FLAG_REASONS, f"one of {list(FLAG_REASONS)}")
+            return ev
+        index = ev.get("index")
+        field(
+            "index", _is_int(index) and 0 <= index < self.num_points, f"an integer in [0, {self.num_points})"
+        )
+        point = ev.get("point")
+        field(
+            "point",
+            isinstance(point, list) and len(point) == 2 and all(_is_int(v) and 0 <= v < 2**63 for v in point),
+            "[x, y] (2 non-negative integers)",
+        )
+        field("label", _is_int(ev.get("label")) and ev["label"] in (0, 1), "0 or 1")
+        s = ev.get("seconds")
+        field(
+            "seconds",
+            _is_number(s) and math.isfinite(s) and 0 <= s <= MAX_SECONDS_PER_ANSWER,
+            f"a number in [0, {MAX_SECONDS_PER_ANSWER:g}]",
+        )
+        return ev
+
+    def _describe_torn(self, torn: bytes, *, has_header: bool) -> str:
+        # Called after the replay: the state is the one the torn change was made against, so the
+        # current point is the one a torn answer was for. What the torn bytes still say is used
+        # where they say it (they are what was being written).
+        if not has_header:
+            return "it was the journal's header; no answer was lost"
+
+        def found(pattern: bytes) -> bytes | None:
+            # A value counts only if followed by ',' or '}': '"ann_id":1' might have been 12.
+            m = re.search(pattern + rb"[,}]", torn)
+            return m.group(1) if m else None
+
+        op = found(rb'"op":"(answer|flag|undo)"')
+        task = self._current()
+        ann = found(rb'"ann_id":(-?[0-9]+)')
+        index = found(rb'"index":([0-9]+)')
+        ann_id = int(ann) if ann is not None else (task.ann_id if task else None)
+        where = self._by_ann.get(ann_id) if ann_id is not None else None
+        obj = f"annotation {ann_id} (image {where.image_id})" if where else f"annotation {ann_id}"
+        if index is not None:
+            k = int(index)
+        elif task is not None and task.ann_id == ann_id:
+            k = len(self._state[task.ann_id].labels)
+        else:
+            k = None
+        if op == b"answer" and ann_id is not None:
+            point = f"point index {k}" if k is not None else "a point"
+            return f"the answer to {point} of {obj} was lost; it is asked again"
+        if op == b"flag" and ann_id is not None:
+            return f"the bad-box flag of {obj} was lost; it is asked again"
+        if op == b"undo":
+            last = self._stack[-1] if self._stack else None
+            if last is None:
+                return "an undo was lost (with nothing left to take back)"
+            taken = self._describe_event(last)
+            return f"an undo was lost: {taken} is still recorded; undo it again if needed"
+        if task is None:
+            return "a change after the last complete line was lost (every object is done now)"
+        k = len(self._state[task.ann_id].labels)
+        return (
+            "the answer (or flag or undo) after the last complete line was lost; the point asked next "
+            f"is point index {k} of annotation {task.ann_id} (image {task.image_id})"
+        )
+
+    def _describe_event(self, ev: dict[str, Any]) -> str:
+        task = self._by_ann[ev["ann_id"]]
+        obj = f"annotation {task.ann_id} (image {task.image_id})"
+        if ev["op"] == "flag":
+            return f"the bad-box flag of {obj}"
+        return f"the answer to point index {ev['index']} of {obj}"
+
+    def _replay(self, events: list[tuple[int, dict[str, Any]]]) -> None:
+        # Events come validated (types and ranges) with their line numbers. Undo pops the latest
+        # answer/flag, so the effective history is computed first; events of objects whose box
+        # changed since (or that left the input) are then skipped as a whole.
+        self._version = len(events)
+        effective: list[tuple[int, dict[str, Any]]] = []
+        for n, ev in events:
+            if ev["op"] == "undo":
                 if effective:
                     effective.pop()
-            elif ev.get("op") in ("answer", "flag"):
-                effective.append(ev)
+            else:
+                effective.append((n, ev))
         stale: set[int] = set()
-        for ev in effective:
-            task = self._by_ann.get(ev.get("ann_id"))
-            if task is None or list(task.bbox) != ev.get("bbox"):
-                stale.add(ev.get("ann_id"))
+        for n, ev in effective:
+            task = self._by_ann.get(ev["ann_id"])
+            if task is None or list(task.bbox) != ev["bbox"]:
+                stale.add(ev["ann_id"])
                 continue
             st = self._state[task.ann_id]
             if ev["op"] == "answer":
                 k = len(st.labels)
-                if st.flag is not None or ev.get("index") != k or k >= len(task.points):
-                    raise CocoFormatError(
-                        f"inconsistent journal: answer {ev.get('index')} of annotation {task.ann_id}",
-                        source=str(self.journal),
+                if st.flag is not None or ev["index"] != k or k >= len(task.points):
+                    raise self._journal_error(
+                        n,
+                        f"inconsistent journal: answer to point index {ev['index']} of annotation "
+                        f"{task.ann_id}, whose point index {k} comes next",
                     )
-                if list(task.points[k]) != ev.get("point"):
+                if list(task.points[k]) != ev["point"]:
                     stale.add(task.ann_id)  # same box, other sampling: cannot happen with the same seed
                     continue
-                st.labels.append(int(ev["label"]))
+                st.labels.append(ev["label"])
                 st.seconds.append(float(ev["seconds"]))
             else:
                 if self._finished(task):
-                    raise CocoFormatError(
-                        f"inconsistent journal: flag of the finished annotation {task.ann_id}",
-                        source=str(self.journal),
+                    raise self._journal_error(
+                        n, f"inconsistent journal: flag of the finished annotation {task.ann_id}"
                     )
                 st.flag = ev["reason"]
             if self._finished(task):
@@ -331,12 +523,13 @@ class AnnotationStore:
                     self._remaining[task.image_id] += 1
                 self._state[ann_id] = _ObjectState()
         if stale:
-            self._stack = [ev for ev in self._stack if ev.get("ann_id") not in stale]
+            self._stack = [ev for ev in self._stack if ev["ann_id"] not in stale]
             logger.warning(
                 "%d object(s) changed in the input since they were annotated (box edited or removed): "
                 "their earlier answers are ignored and they are asked again",
                 len(stale),
             )
+        self._advance()  # the torn-line report asks for the current point
         logger.info("resumed from %s: %d answers and flags replayed", self.journal, len(self._stack))
 
     def _append(self, event: dict[str, Any]) -> None:
@@ -375,6 +568,17 @@ class AnnotationStore:
     def _current(self) -> Task | None:
         return self.tasks[self._cursor] if self._cursor < len(self.tasks) else None
 
+    def _expect_version(self, version: int | None) -> None:
+        if version is None:
+            return
+        if not _is_int(version):
+            raise ValueError(f"version must be an integer, got {version!r}")
+        if version != self._version:
+            raise ConflictError(
+                f"stale request: made against version {version}, but the answers are at version "
+                f"{self._version} (changed by another tab or a repeated request); nothing was recorded"
+            )
+
     def _expect_current(self, ann_id: int) -> Task:
         task = self._current()
         if task is None:
@@ -383,20 +587,32 @@ class AnnotationStore:
             raise ConflictError(f"annotation {ann_id} is not the current object ({task.ann_id} is)")
         return task
 
-    def answer(self, ann_id: int, index: int, label: int, seconds: float) -> None:
+    def answer(
+        self, ann_id: int, index: int, label: int, seconds: float, *, version: int | None = None
+    ) -> None:
         """Record the label (1 object, 0 background) of point ``index`` of the current object.
 
+        ``seconds`` is the time the annotator took, in ``[0, MAX_SECONDS_PER_ANSWER]``. ``version``
+        (optional here, sent by the page) is the :attr:`version` the answer was made against.
+
         Raises:
-            ConflictError: ``ann_id``/``index`` is not the point currently asked (nothing recorded).
-            ValueError: a label other than 0/1 or a negative / non-finite time.
+            ConflictError: ``ann_id``/``index`` is not the point currently asked, or ``version`` is
+                not the current one (nothing recorded).
+            ValueError: a label other than 0/1, an index outside ``[0, num_points)``, a time out of
+                range, or a bool where an integer is expected.
         """
-        if label not in (0, 1) or isinstance(label, bool):
+        if not _is_int(ann_id):
+            raise ValueError(f"ann_id must be an integer, got {ann_id!r}")
+        if not _is_int(index) or not 0 <= index < self.num_points:
+            raise ValueError(f"index must be an integer in [0, {self.num_points}), got {index!r}")
+        if label not in (0, 1) or not _is_int(label):
             raise ValueError(f"label must be 0 or 1, got {label!r}")
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
+        if not _is_number(seconds) or not math.isfinite(seconds):
             raise ValueError(f"seconds must be a finite number, got {seconds!r}")
-        if seconds < 0:
-            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        if not 0 <= seconds <= MAX_SECONDS_PER_ANSWER:
+            raise ValueError(f"seconds must be in [0, {MAX_SECONDS_PER_ANSWER:g}], got {seconds!r}")
         with self._lock:
+            self._expect_version(version)
             task = self._expect_current(ann_id)
             st = self._state[ann_id]
             if index != len(st.labels):
@@ -414,16 +630,23 @@ class AnnotationStore:
                 "time": time.time(),
             }
             self._append(event)
+            self._version += 1
             st.labels.append(label)
             st.seconds.append(event["seconds"])
             self._stack.append(event)
             self._after_change(task, was_finished=False)
 
-    def flag(self, ann_id: int, reason: str = FLAG_BAD_BOX) -> None:
-        """Flag the current object (its box is wrong) and move on; its answers so far are set aside."""
+    def flag(self, ann_id: int, reason: str = FLAG_BAD_BOX, *, version: int | None = None) -> None:
+        """Flag the current object (its box is wrong) and move on; its answers so far are set aside.
+
+        Raises :class:`ConflictError` (nothing recorded) for another object or a stale ``version``.
+        """
         if reason not in FLAG_REASONS:
             raise ValueError(f"flag reason must be one of {FLAG_REASONS}, got {reason!r}")
+        if not _is_int(ann_id):
+            raise ValueError(f"ann_id must be an integer, got {ann_id!r}")
         with self._lock:
+            self._expect_version(version)
             task = self._expect_current(ann_id)
             event = {
                 "op": "flag",
@@ -433,16 +656,23 @@ class AnnotationStore:
                 "time": time.time(),
             }
             self._append(event)
+            self._version += 1
             self._state[ann_id].flag = reason
             self._stack.append(event)
             self._after_change(task, was_finished=False)
 
-    def undo(self) -> bool:
-        """Take back the latest answer or flag (across objects and restarts). False if none."""
+    def undo(self, *, version: int | None = None) -> bool:
+        """Take back the latest answer or flag (across objects and restarts). False if none.
+
+        With ``version`` (the page always sends it), only if nothing changed since that version:
+        five replays of one undo take back one answer, the other four raise :class:`ConflictError`.
+        """
         with self._lock:
+            self._expect_version(version)
             if not self._stack:
                 return False
             self._append({"op": "undo", "time": time.time()})
+            self._version += 1
             ev = self._stack.pop()
             task = self._by_ann[ev["ann_id"]]
             was_finished = self._finished(task)
@@ -474,6 +704,9 @@ class AnnotationStore:
             task = self._current()
             view: dict[str, Any] = {"finished": task is None, "task": None, "progress": self._progress()}
             view["can_undo"] = bool(self._stack)
+            # Sent back with every change, so that a change made on an outdated view is refused.
+            view["version"] = self._version
+            view["max_seconds"] = MAX_SECONDS_PER_ANSWER
             if task is not None:
                 st = self._state[task.ann_id]
                 img = self.instances.images[task.image_id]

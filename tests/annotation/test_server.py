@@ -77,7 +77,9 @@ def test_page_state_answer_undo_flag(nuclei_boxes, perfect_label, serve, tmp_pat
         # The same answer again (a double key press, a second tab) is refused with the fresh state.
         status, body = _post(base + "/api/answer", {"ann_id": 1, "index": 0, "label": label, "seconds": 0.8})
         assert status == 409 and body["state"]["task"]["index"] == 1
-        status, state = _post(base + "/api/undo", {})
+        # An undo names the state version it was made against (nothing else identifies it).
+        assert _post(base + "/api/undo", {})[0] == 400
+        status, state = _post(base + "/api/undo", {"version": state["version"]})
         assert status == 200 and state["task"]["index"] == 0
         status, state = _post(base + "/api/flag", {"ann_id": 1})
         assert status == 200 and state["task"]["ann_id"] == 2 and state["progress"]["objects_flagged"] == 1
@@ -109,7 +111,8 @@ def test_concurrent_answers_leave_a_consistent_journal_and_output(nuclei_boxes, 
             status, _ = _post(base + "/api/answer", body)
             (accepted if status == 200 else refused).append((t["ann_id"], t["index"], status))
             if worker == 0 and len(accepted) % 7 == 0:
-                _post(base + "/api/undo", {})
+                version = json.loads(_get(base + "/api/state")[2])["version"]
+                _post(base + "/api/undo", {"version": version})  # 409 if another answer came first
 
     with serve(store, nuclei_boxes["images"]) as base:
         threads = [threading.Thread(target=annotator, args=(w,)) for w in range(6)]

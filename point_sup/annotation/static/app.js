@@ -1,8 +1,10 @@
 // point_sup P_N annotation page. Plain JavaScript, no build step, no external resources.
 //
 // The server decides what to ask (GET /api/state); this page only draws it, times the answer and
-// posts it. Every answer names the object and point it answers, so a stale page (second tab,
-// reload race, key repeat) is refused by the server (409) instead of recording a wrong answer.
+// posts it. Every answer names the object and point it answers, and every answer, flag and undo
+// carries the state's version it was made against, so a stale page (second tab, reload race, key
+// repeat, a replayed request) is refused by the server (409) instead of recording a wrong answer
+// or taking back one more than the annotator saw.
 "use strict";
 
 const crop = document.getElementById("crop");
@@ -204,10 +206,13 @@ async function render() {
   }
 }
 
+// Posts a change; true if the server recorded it or refused it as stale (the page then shows the
+// server's state), false if it was not saved (the page stays as it was, so the key can be pressed
+// again).
 async function act(url, body) {
   busy = true;
   try {
-    const { status, data } = await request("POST", url, body);
+    const { status, data } = await request("POST", url, { ...body, version: state.version });
     if (status === 200) {
       setMessage("");
       state = data;
@@ -216,23 +221,29 @@ async function act(url, body) {
       state = data.state;
     } else {
       setMessage(`Not saved: ${data.error || status}`);
-      return;
+      return false;
     }
     await render();
+    return true;
   } catch (err) {
     setMessage(`Not saved (is the server still running?): ${err.message}`);
+    return false;
   } finally {
     busy = false;
   }
 }
 
-function answer(label) {
+async function answer(label) {
   if (busy || !state || state.finished || shownAt === null || document.body.dataset.state !== "ready") return;
   const now = performance.now();
   const hidden = hiddenAt !== null ? now - hiddenAt : 0;
-  const seconds = Math.max(0, (now - shownAt - hidden) / 1000);
+  // The server refuses times over state.max_seconds (a forgotten tab is not a measurement): the
+  // answer is still worth recording, with its time capped.
+  const seconds = Math.min(Math.max(0, (now - shownAt - hidden) / 1000), state.max_seconds ?? Infinity);
+  const started = shownAt;
   shownAt = null;
-  act("/api/answer", { ann_id: state.task.ann_id, index: state.task.index, label, seconds });
+  const done = await act("/api/answer", { ann_id: state.task.ann_id, index: state.task.index, label, seconds });
+  if (!done && shownAt === null) shownAt = started; // not saved: a retry keeps timing from the start
 }
 
 function undo() {

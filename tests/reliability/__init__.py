@@ -1,0 +1,1 @@
+"""Reliability tests: failure modes found on the code (bad input, races, crashes, hostile clients)."""
