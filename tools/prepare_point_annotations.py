@@ -20,6 +20,7 @@ import logging
 import os
 import string
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +85,12 @@ def check_outputs(outputs: list[Path], inputs: list[str]) -> str | None:
             return f"the output directory {out.parent} does not exist"
         if not os.access(out.parent, os.W_OK | os.X_OK):
             return f"the output directory {out.parent} is not writable"
+        try:  # also what os.access cannot tell: a read-only mount, ACLs, a full quota
+            fd, probe = tempfile.mkstemp(prefix=f".{out.name}.probe_", suffix=".tmp", dir=out.parent)
+        except OSError as e:
+            return f"cannot create files in the output directory {out.parent} ({e.strerror or e})"
+        os.close(fd)
+        os.unlink(probe)
         if out.is_dir():
             return f"OUTPUT {out} is a directory"
         for source in inputs:
@@ -222,11 +229,19 @@ def _convert_sharded(args: argparse.Namespace, outputs: list[Path], workers: Sha
             drop_segmentation=not args.keep_masks,
             progress=bar.update,
         )
-    with StagedFiles() as staged:  # nothing is written unless every version was produced
-        for k, path in enumerate(outputs):
-            staged.write_with(path, lambda tmp, fd, k=k: sim.write(k, tmp, fd))
+    try:
+        with StagedFiles() as staged:  # nothing is written unless every version was produced
+            for k, path in enumerate(outputs):
+                staged.write_with(path, lambda tmp, fd, k=k: sim.write(k, tmp, fd))
+    except OSError as e:
+        return _write_failed(e)
     _log_summary(args, stats, outputs, t0)
     return 0
+
+
+def _write_failed(e: OSError) -> int:
+    logger.error("cannot write %s (%s); no output was written", e.filename or "the output", e.strerror or e)
+    return 1
 
 
 def _log_loaded(source: str, num_images: int, num_annotations: int, num_categories: int, t0: float) -> None:
@@ -283,9 +298,12 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
         return 1
 
     # Nothing is written unless every version was produced (no partial output, ever).
-    with StagedFiles() as staged:
-        for path, s in zip(outputs, samples, strict=True):
-            staged.write(path, dumps_point_annotations(instances, s))
+    try:
+        with StagedFiles() as staged:
+            for path, s in zip(outputs, samples, strict=True):
+                staged.write(path, dumps_point_annotations(instances, s))
+    except OSError as e:
+        return _write_failed(e)
     _log_summary(args, stats, outputs, t0)
     return 0
 
