@@ -248,12 +248,12 @@ def test_read_only_output_folder_is_refused_before_any_work(tmp_path, caplog):
         (["--seed", "x"], "--seed: not an integer: 'x'"),
     ],
 )
-def test_usage_mistakes_are_one_message(tmp_path, argv, message):
+def test_usage_mistakes_are_one_message(tmp_path, capsys, argv, message):
     src = _write(tmp_path / "in.json", small())
-    run = subprocess.run(
-        [sys.executable, str(TOOL), src, str(tmp_path / "o.json"), *argv], capture_output=True, text=True
-    )
-    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+    with pytest.raises(SystemExit) as exit_:
+        tool.main([src, str(tmp_path / "o.json"), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
 
 
 def test_output_template_with_another_field_is_one_message(tmp_path, capsys):
@@ -456,13 +456,23 @@ def test_train_net_config_mistakes_are_one_message(tmp_path, argv, message):
         bad = tmp_path / "bad.yaml"
         bad.write_text(f"_BASE_: {ROOT / P10}\nMODEL:\n  NOT_A_KEY: 1\n")
         argv = ["--config-file", str(bad)]
+    spec = importlib.util.spec_from_file_location("train_net_reliability", TRAIN_NET)
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    args = train_net.argument_parser().parse_args(argv)
+    assert message in train_net.config_error(args)
+
+
+def test_train_net_reports_a_config_mistake_once_without_a_traceback():
+    """As a user runs it, with two processes requested: one message, before any process starts."""
     run = subprocess.run(
-        [sys.executable, str(TRAIN_NET), *argv],
+        [sys.executable, str(TRAIN_NET), "--num-gpus", "2", "--config-file", P10, "MODEL.FOO", "1"],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=120,
     )
     assert run.returncode == 2, run.stderr
-    assert "Traceback" not in run.stderr
-    assert run.stderr.count("error:") == 1 and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and "Command Line Args" not in run.stdout
+    assert run.stderr.count("error:") == 1
+    assert "train_net.py: error: the command-line overrides: Non-existent key: MODEL.FOO" in run.stderr
