@@ -39,7 +39,7 @@ from point_sup.data.point_simulation import (
 )
 from point_sup.data.sharded_simulation import NotShardableError, ShardedSimulation, ShardWorkers
 from point_sup.utils.file_io import StagedFiles
-from point_sup.utils.process import exit_on_termination, gc_paused
+from point_sup.utils.process import exit_on_termination, gc_paused, raise_if_stop_requested
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
 
@@ -233,6 +233,7 @@ def _convert_sharded(args: argparse.Namespace, outputs: list[Path], workers: Sha
         with StagedFiles() as staged:  # nothing is written unless every version was produced
             for k, path in enumerate(outputs):
                 staged.write_with(path, lambda tmp, fd, k=k: sim.write(k, tmp, fd))
+            raise_if_stop_requested()  # a stop never ends in written outputs
     except OSError as e:
         return _write_failed(e)
     _log_summary(args, stats, outputs, t0)
@@ -302,6 +303,7 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
         with StagedFiles() as staged:
             for path, s in zip(outputs, samples, strict=True):
                 staged.write(path, dumps_point_annotations(instances, s))
+            raise_if_stop_requested()  # a stop never ends in written outputs
     except OSError as e:
         return _write_failed(e)
     _log_summary(args, stats, outputs, t0)

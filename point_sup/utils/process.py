@@ -6,7 +6,13 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-__all__ = ["die_with_parent", "exit_on_termination", "forking_workers", "gc_paused"]
+__all__ = [
+    "die_with_parent",
+    "exit_on_termination",
+    "forking_workers",
+    "gc_paused",
+    "raise_if_stop_requested",
+]
 
 
 @contextlib.contextmanager
@@ -82,12 +88,21 @@ def die_with_parent(parent_pid: int) -> bool:
     return True
 
 
+_stop_requests: list[int] = []  # signals received inside exit_on_termination, in order
+
+
 @contextlib.contextmanager
 def exit_on_termination() -> Iterator[None]:
     """Turn SIGTERM (and SIGHUP) into ``SystemExit`` for the block, so that a scheduler's kill runs
     the cleanup of ``with`` and ``finally`` (workers stopped, staged files removed) like Ctrl-C's
     ``KeyboardInterrupt`` does. The previous handlers are restored afterwards; only in the main
-    thread (signal handlers can only be set there), elsewhere the block runs unchanged."""
+    thread (signal handlers can only be set there), elsewhere the block runs unchanged.
+
+    Python runs a handler at the next bytecode of the main thread, which may be inside a ``__del__``
+    or a callback whose exceptions the interpreter ignores: the ``SystemExit`` is then lost. So the
+    request is also recorded: :func:`raise_if_stop_requested` (call it before a step that must not
+    happen after a stop, such as committing outputs) and the end of the block raise it again.
+    """
     import signal
     import threading
 
@@ -96,11 +111,21 @@ def exit_on_termination() -> Iterator[None]:
         return
 
     def stop(signum, frame):
+        _stop_requests.append(signum)
         raise SystemExit(128 + signum)
 
     previous = {s: signal.signal(s, stop) for s in (getattr(signal, name) for name in _TERMINATION)}
+    _stop_requests.clear()
     try:
         yield
+        raise_if_stop_requested()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def raise_if_stop_requested() -> None:
+    """``SystemExit(128 + signal)`` if :func:`exit_on_termination` caught a stop request whose own
+    ``SystemExit`` was swallowed; nothing otherwise."""
+    if _stop_requests:
+        raise SystemExit(128 + _stop_requests[0])

@@ -476,3 +476,20 @@ def test_train_net_reports_a_config_mistake_once_without_a_traceback():
     assert "Traceback" not in run.stderr and "Command Line Args" not in run.stdout
     assert run.stderr.count("error:") == 1
     assert "train_net.py: error: the command-line overrides: Non-existent key: MODEL.FOO" in run.stderr
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exit
+def test_a_stop_request_whose_exit_was_swallowed_is_raised_again():
+    """Python may run the handler inside a __del__, which ignores the SystemExit it raises."""
+    from point_sup.utils.process import exit_on_termination
+
+    class Swallower:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here; its exit is ignored
+
+    reached_the_end = False
+    with pytest.raises(SystemExit) as exit_, exit_on_termination():
+        Swallower()
+        reached_the_end = True
+    assert reached_the_end and exit_.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
