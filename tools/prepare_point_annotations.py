@@ -20,7 +20,6 @@ import logging
 import os
 import string
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from point_sup.data.point_simulation import (
     simulate_point_annotations,
 )
 from point_sup.data.sharded_simulation import NotShardableError, ShardedSimulation, ShardWorkers
-from point_sup.utils.file_io import StagedFiles
+from point_sup.utils.file_io import StagedFiles, probe_writable
 from point_sup.utils.process import exit_on_termination, gc_paused, raise_if_stop_requested
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
@@ -86,11 +85,9 @@ def check_outputs(outputs: list[Path], inputs: list[str]) -> str | None:
         if not os.access(out.parent, os.W_OK | os.X_OK):
             return f"the output directory {out.parent} is not writable"
         try:  # also what os.access cannot tell: a read-only mount, ACLs, a full quota
-            fd, probe = tempfile.mkstemp(prefix=f".{out.name}.probe_", suffix=".tmp", dir=out.parent)
+            probe_writable(out)
         except OSError as e:
             return f"cannot create files in the output directory {out.parent} ({e.strerror or e})"
-        os.close(fd)
-        os.unlink(probe)
         if out.is_dir():
             return f"OUTPUT {out} is a directory"
         for source in inputs:

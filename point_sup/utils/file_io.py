@@ -22,7 +22,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["StagedFiles", "atomic_open", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps"]
+__all__ = [
+    "StagedFiles",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "probe_writable",
+    "remove_stale_temps",
+]
 
 
 def _default_mode(target: Path) -> int:
@@ -86,6 +93,16 @@ def _backup(target: Path) -> Path | None:
     except OSError:
         return None
     return backup
+
+
+def probe_writable(target: str | os.PathLike) -> None:
+    """Create and remove a temporary sibling of ``target``, as a write of it would; OSError if that
+    fails. Tells what ``os.access`` cannot (a read-only mount, ACLs, root on a 0555 folder); the
+    probe is named like every temporary file here, so a kill in between leaves nothing that the
+    next write would not remove."""
+    fd, tmp = _make_temp(Path(target))
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _make_temp(target: Path) -> tuple[int, Path]:
