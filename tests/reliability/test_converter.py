@@ -85,12 +85,12 @@ def _children(pid: int) -> set[int]:
         p = todo.pop()
         try:
             tasks = os.listdir(f"/proc/{p}/task")
-        except FileNotFoundError:
+        except OSError:  # gone meanwhile (FileNotFoundError or ProcessLookupError)
             continue
         for t in tasks:
             try:
                 kids = Path(f"/proc/{p}/task/{t}/children").read_text().split()
-            except FileNotFoundError:
+            except OSError:  # the thread or process ended between the listing and the read
                 continue
             for k in map(int, kids):
                 if k not in found:
@@ -103,7 +103,7 @@ def _running(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie (a zombie has exited; only its parent's wait is missing)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
