@@ -651,16 +651,21 @@ def _read_chunk(
     }
 
 
+def _finite_number(v: Any) -> bool:
+    """Whether ``v`` is a finite JSON number (bool, a subclass of int, is not one)."""
+    return type(v) in (int, float) and math.isfinite(v)
+
+
 def _finite_numbers(part: list[Any]) -> bool:
     """Whether a polygon part holds finite JSON numbers only."""
-    return all(type(v) in (int, float) and math.isfinite(v) for v in part)
+    return all(map(_finite_number, part))
 
 
 def _bad_coordinates(instances: CocoInstances, ann: dict[str, Any], segm: list[Any]) -> CocoFormatError:
     """The error of an annotation whose polygon coordinates ``segm`` are not all finite JSON numbers."""
     detail = "polygon coordinates must be finite numbers"
     for part in segm:
-        culprit = next((v for v in part if type(v) not in (int, float) or not math.isfinite(v)), None)
+        culprit = next((v for v in part if not _finite_number(v)), None)
         if isinstance(culprit, list):
             detail += f" in flat lists [x0, y0, x1, y1, ...], got a part of {len(part)} [x, y] pairs"
             break

@@ -456,8 +456,9 @@ class ShardedSimulation:
         last = len(layout.pieces) - 1
         workers.send("parse", [(self.source, a, b, i == last) for i, (a, b) in enumerate(layout.pieces)])
         try:  # while the workers parse their shards
-            head = orjson.loads(head_text + b"]}")
-            check_unique_top_level_keys(head_text + b"]}", head, self.source)
+            head_object = head_text + b"]}"  # the head closed, its annotations array empty
+            head = orjson.loads(head_object)
+            check_unique_top_level_keys(head_object, head, self.source)
         except orjson.JSONDecodeError:
             head = None
         except CocoFormatError:  # the whole-file path reports it
