@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -83,16 +83,19 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _backup(target: Path) -> Path | None:
-    """A hard link to ``target`` under a fresh temporary name, or None where links are unsupported."""
-    fd, backup = _make_temp(target)
-    os.close(fd)
-    os.unlink(backup)  # the name only: a link needs it free
-    try:
-        os.link(target, backup)
-    except OSError:
-        return None
-    return backup
+def _backup(target: Path, names: list[Path]) -> Path | None:
+    """A hard link to ``target`` under a fresh temporary name (appended to ``names`` before it
+    exists), or None where links are unsupported."""
+    for tmp in _fresh_names(target, names):
+        try:
+            os.link(target, tmp)
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError:
+            names.remove(tmp)
+            return None
+    raise AssertionError("unreachable")
 
 
 def probe_writable(target: str | os.PathLike) -> None:
@@ -100,16 +103,48 @@ def probe_writable(target: str | os.PathLike) -> None:
     fails. Tells what ``os.access`` cannot (a read-only mount, ACLs, root on a 0555 folder); the
     probe is named like every temporary file here, so a kill in between leaves nothing that the
     next write would not remove."""
-    fd, tmp = _make_temp(Path(target))
-    os.close(fd)
-    os.unlink(tmp)
+    names: list[Path] = []
+    try:
+        os.close(_create_temp(Path(target), names))
+    finally:
+        _unlink_all(names)
 
 
-def _make_temp(target: Path) -> tuple[int, Path]:
+def _fresh_names(target: Path, names: list[Path]) -> Iterator[Path]:
+    """Temporary names for ``target`` (``.<name>.<host>_<pid>_<random>.tmp``), each appended to
+    ``names`` *before* it is yielded, for the caller to create; the caller takes the next one if the
+    name exists (and removes a name it ends up not using).
+
+    Registering first closes the window between creating a file and recording it: an exception at
+    any bytecode in between (Ctrl-C's KeyboardInterrupt, or the SystemExit of
+    :func:`point_sup.utils.process.exit_on_termination`) would otherwise leave the file behind.
+    """
     remove_stale_temps(target)
     prefix = f".{target.name}.{_host()}_{os.getpid()}_"
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=target.parent)
-    return fd, Path(tmp)
+    while True:
+        tmp = target.parent / f"{prefix}{secrets.token_hex(6)}.tmp"
+        names.append(tmp)
+        yield tmp
+        if names and names[-1] == tmp:  # the caller found it taken: another name
+            names.pop()
+
+
+def _create_temp(target: Path, names: list[Path]) -> int:
+    """Create a fresh, empty temporary sibling of ``target`` (mode 0600, like ``mkstemp``), its path
+    appended to ``names`` before it exists; returns a descriptor open for writing."""
+    for tmp in _fresh_names(target, names):
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    paths.clear()
 
 
 @contextlib.contextmanager
@@ -123,8 +158,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     if "w" not in mode or any(c in mode for c in "ra+x"):
         raise ValueError(f"atomic_open needs a plain write mode ('w', 'wb', 'wt'), got {mode!r}")
     target = Path(path)
-    fd, tmp = _make_temp(target)
+    names: list[Path] = []
     try:
+        fd = _create_temp(target, names)
+        (tmp,) = names
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f
             f.flush()
@@ -132,8 +169,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
         os.chmod(tmp, _default_mode(target))
         os.replace(tmp, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _unlink_all(names)
         raise
 
 
@@ -163,19 +199,29 @@ class StagedFiles:
     """
 
     def __init__(self) -> None:
-        self._staged: list[tuple[Path, Path]] = []
+        self._targets: list[Path] = []
+        self._temps: list[Path] = []  # one per target; a last extra one if staging it was interrupted
+
+    def _stage(self, path: str | os.PathLike) -> tuple[Path, int]:
+        target = Path(path)
+        if target in self._targets:
+            raise ValueError(f"{target} is staged twice")
+        try:
+            fd = _create_temp(target, self._temps)  # registered before it exists
+            self._targets.append(target)
+        except BaseException:  # a caller may go on staging others: no temp without its target
+            _unlink_all(self._temps[len(self._targets) :])
+            del self._temps[len(self._targets) :]
+            raise
+        return self._temps[-1], fd
 
     def write(self, path: str | os.PathLike, data: bytes) -> None:
-        target = Path(path)
-        if any(t == target for t, _ in self._staged):
-            raise ValueError(f"{target} is staged twice")
-        fd, tmp = _make_temp(target)
-        self._staged.append((target, tmp))  # registered first: removed on failure below
+        tmp, fd = self._stage(path)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode(target))
+        os.chmod(tmp, _default_mode(self._targets[-1]))
 
     def write_with(self, path: str | os.PathLike, fill: Callable[[Path, int], None]) -> None:
         """Stage ``path`` with the content that ``fill(temp_path, fd)`` writes.
@@ -185,27 +231,21 @@ class StagedFiles:
         the file is fsynced (whoever wrote its pages) and, like :meth:`write`, committed or
         discarded with the others.
         """
-        target = Path(path)
-        if any(t == target for t, _ in self._staged):
-            raise ValueError(f"{target} is staged twice")
-        fd, tmp = _make_temp(target)
-        self._staged.append((target, tmp))
+        tmp, fd = self._stage(path)
         try:
             fill(tmp, fd)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, _default_mode(target))
+        os.chmod(tmp, _default_mode(self._targets[-1]))
 
     @property
     def targets(self) -> list[Path]:
-        return [t for t, _ in self._staged]
+        return list(self._targets)
 
     def discard(self) -> None:
-        for _, tmp in self._staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        self._staged.clear()
+        _unlink_all(self._temps)
+        self._targets.clear()
 
     def commit(self) -> None:
         """Every staged file replaces its target, or, if one cannot, none does.
@@ -215,29 +255,27 @@ class StagedFiles:
         error propagates. Where hard links are not supported, a failed commit may leave the targets
         renamed before it replaced.
         """
-        backups: list[tuple[Path, Path]] = []
+        backup_names: list[Path] = []  # every backup link made (or about to be): removed at the end
+        backups: dict[Path, Path] = {}
         done: list[Path] = []
         try:
-            for target, _ in self._staged:
-                backup = _backup(target) if target.is_file() else None
+            for target in self._targets:
+                backup = _backup(target, backup_names) if target.is_file() else None
                 if backup is not None:
-                    backups.append((target, backup))
-            for target, tmp in self._staged:
+                    backups[target] = backup
+            for target, tmp in zip(self._targets, self._temps, strict=True):
                 os.replace(tmp, target)
                 done.append(target)
         except BaseException:
-            saved = dict(backups)
             for target in done:
                 with contextlib.suppress(OSError):
-                    if target in saved:
-                        os.replace(saved.pop(target), target)
+                    if target in backups:
+                        os.replace(backups.pop(target), target)
                     else:
                         os.unlink(target)
             raise
         finally:
-            for _, backup in backups:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(backup)
+            _unlink_all(backup_names)
             self.discard()  # leftovers only if a rename failed
 
     def __enter__(self) -> StagedFiles:
