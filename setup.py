@@ -25,9 +25,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["point_sup", "point_sup.*"]),
-    # The annotation tool's page (plain HTML/CSS/JS, served by point_sup.annotation.server).
-    package_data={"point_sup.annotation": ["static/*.html", "static/*.js", "static/*.css"]},
+    # Two packages: point_sup_labels makes P_N labels (simulation, formats, the annotation tool) and
+    # imports neither torch nor detectron2; point_sup trains from them on Detectron2.
+    packages=find_packages(include=["point_sup", "point_sup.*", "point_sup_labels", "point_sup_labels.*"]),
+    # The annotation tool's page (plain HTML/CSS/JS, served by point_sup_labels.annotation.server).
+    package_data={"point_sup_labels.annotation": ["static/*.html", "static/*.js", "static/*.css"]},
     install_requires=_requirements(),
     extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "tifffile"]},
 )

@@ -153,10 +153,11 @@ _MEASURE = r"""
 import os, sys, threading, time, json, resource
 import numpy as np
 src, dst, workers, num_points = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-from point_sup.data.coco_json import load_coco_instances, read_json
-from point_sup.data.point_simulation import dumps_point_annotations, simulate_point_annotations
-from point_sup.data.sharded_simulation import ShardedSimulation, ShardWorkers
-from point_sup.utils.file_io import StagedFiles, atomic_write_bytes
+from point_sup_labels.coco_format import load_coco_instances, read_json
+from point_sup_labels.point_file import dumps_point_annotations
+from point_sup_labels.simulate import simulate_point_annotations
+from point_sup_labels.sharded import ShardedSimulation, ShardWorkers
+from point_sup_labels.file_io import StagedFiles, atomic_write_bytes
 
 def pss(pid):
     try:

@@ -47,9 +47,9 @@ from detectron2.utils.logger import setup_logger
 
 from point_sup.data import register_nuclei
 from point_sup.data.builtin import register_nuclei_files
-from point_sup.data.point_simulation import write_point_annotation_file
 from point_sup.engine.experiment import load_config, train_and_evaluate
-from point_sup.utils.file_io import atomic_open, atomic_write_text
+from point_sup_labels.file_io import atomic_open, atomic_write_text
+from point_sup_labels.point_file import write_point_annotation_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NUCLEI = "configs/nuclei"

@@ -10,7 +10,7 @@ page shows the image around its box and one sampled point at a time; answer obje
 background (B or 2), undo (U or Backspace), flag a wrong box (X), zoom out (Z). Every answer is on
 disk before the page moves on; stop at any time and run the same command to resume. The output
 is the P_N simulator's format (``point_coords``, ``point_labels``) and trains as-is. The logic
-lives in :mod:`point_sup.annotation`; this is the command-line shell.
+lives in :mod:`point_sup_labels.annotation`; this is the command-line shell.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
 
-    from point_sup.data.coco_json import CocoFormatError
+    from point_sup_labels.coco_format import CocoFormatError
 
     try:
         if args.command == "serve":
@@ -113,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--num-points must be >= 1, --seed >= 0, --port in [0, 65535]")
             return _serve(args)
         if args.command == "merge":
-            from point_sup.annotation import merge_outputs
+            from point_sup_labels.annotation import merge_outputs
 
             stats = merge_outputs(args.inputs, args.output)
             logger.info("%s; wrote %s", stats.summary(), args.output)
             return 0
-        from point_sup.annotation import build_report
+        from point_sup_labels.annotation import build_report
 
         rep = build_report(args.points, args.masks)
         print(json.dumps(rep.as_dict(), indent=2) if args.json else rep.summary())
@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from point_sup.annotation import AnnotationServer, OutputInUseError, is_loopback
-    from point_sup.data.coco_json import load_coco_instances
+    from point_sup_labels.annotation import AnnotationServer, OutputInUseError, is_loopback
+    from point_sup_labels.coco_format import load_coco_instances
 
     images = Path(args.images)
     if not images.is_dir():

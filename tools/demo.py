@@ -44,10 +44,10 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from point_sup.data import register_nuclei  # noqa: E402
-from point_sup.data.point_simulation import annotation_time  # noqa: E402
 from point_sup.engine.experiment import load_config, train_and_evaluate  # noqa: E402
-from point_sup.utils.file_io import atomic_open  # noqa: E402
 from point_sup.utils.visualizer import draw_points, draw_predictions  # noqa: E402
+from point_sup_labels.file_io import atomic_open  # noqa: E402
+from point_sup_labels.time_model import annotation_time  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = (

@@ -7,8 +7,8 @@
 The output keeps ``images``, ``categories`` and every annotation field, adds ``point_coords``
 (``[x, y]`` integer pixel indices; Detectron2's PointSup loader adds 0.5 to reach pixel centres)
 and ``point_labels`` (1 object, 0 background), and drops ``segmentation`` unless ``--keep-masks``.
-The logic lives in :mod:`point_sup.data.point_simulation` (and, with ``--workers`` > 1 on a file,
-:mod:`point_sup.data.sharded_simulation`, which parses the file in shards); this is the command-line
+The logic lives in :mod:`point_sup_labels.simulate` (and, with ``--workers`` > 1 on a file,
+:mod:`point_sup_labels.sharded`, which parses the file in shards); this is the command-line
 shell.
 """
 
@@ -23,22 +23,19 @@ import sys
 import time
 from pathlib import Path
 
-from point_sup.data.coco_json import (
+from point_sup_labels.coco_format import (
     CocoFormatError,
     catalog_image_root,
     coco_dict_from_catalog,
     load_coco_instances,
     validate_coco_instances,
 )
-from point_sup.data.point_simulation import (
-    annotation_time,
-    dumps_point_annotations,
-    make_worker_pool,
-    simulate_point_annotations,
-)
-from point_sup.data.sharded_simulation import NotShardableError, ShardedSimulation, ShardWorkers
-from point_sup.utils.file_io import StagedFiles, probe_writable
-from point_sup.utils.process import exit_on_termination, gc_paused, raise_if_stop_requested
+from point_sup_labels.file_io import StagedFiles, probe_writable
+from point_sup_labels.point_file import dumps_point_annotations
+from point_sup_labels.process import exit_on_termination, gc_paused, make_worker_pool, raise_if_stop_requested
+from point_sup_labels.sharded import NotShardableError, ShardedSimulation, ShardWorkers
+from point_sup_labels.simulate import simulate_point_annotations
+from point_sup_labels.time_model import annotation_time
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
 

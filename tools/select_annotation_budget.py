@@ -10,7 +10,7 @@ annotation time fits in ``--budget-hours H``. Annotation time: per image, COCO's
 spotting stages; per object (every annotation, crowd ones included), 79.2 s for a polygon mask (M),
 7 s + 0.9 s x N for a box and N points (P<N>), 7 s for a box only (B). OUTPUT is INPUT with only the
 selected images and their annotations (every other top-level key kept), written atomically; the same
-input and seed give a byte-identical file. The logic lives in :mod:`point_sup.data.annotation_budget`;
+input and seed give a byte-identical file. The logic lives in :mod:`point_sup_labels.budget`;
 this is the command-line shell.
 """
 
@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Imported only now: --help answers at once.
-    from point_sup.utils.process import gc_paused
+    from point_sup_labels.process import gc_paused
 
     with gc_paused():  # a loaded COCO file is millions of containers (see gc_paused)
         return _main(parser, args)
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from point_sup.data.annotation_budget import (
+    from point_sup_labels.budget import (
         AnnotationTimeModel,
         BudgetError,
         check_supervision_fields,
@@ -184,8 +184,8 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         select_images,
         subset_coco,
     )
-    from point_sup.data.coco_json import CocoFormatError, dumps_json, read_json, validate_coco_instances
-    from point_sup.utils.file_io import atomic_write_bytes
+    from point_sup_labels.coco_format import CocoFormatError, dumps_json, read_json, validate_coco_instances
+    from point_sup_labels.file_io import atomic_write_bytes
 
     try:
         supervision = parse_supervision(args.supervision)

@@ -28,8 +28,8 @@ from tqdm import tqdm
 import point_sup  # noqa: F401  (registers point_sup's datasets and heads)
 from point_sup import add_point_sup_config
 from point_sup.data import register_point_datasets
-from point_sup.utils.file_io import atomic_open
 from point_sup.utils.visualizer import draw_points, draw_predictions
+from point_sup_labels.file_io import atomic_open
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,7 @@
-"""Data: P_N annotation simulation, point-annotated dataset registration, the point-aware mapper.
+"""Data for training from points: P_N dataset registration and loading, the point-aware mapper.
+
+The P_N labels themselves (simulation, the COCO-format reader and writer, the annotation tool) are
+made by the separate package :mod:`point_sup_labels`, which imports neither torch nor Detectron2.
 
 Importing this package registers the builtin point-supervised datasets (:mod:`.builtin`).
 """

@@ -49,10 +49,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES as VOC_CLASS_NAMES
 
+from point_sup_labels.point_file import write_point_annotation_file
+
 from .cityscapes import register_cityscapes_fallback
 from .datasets import register_coco_instances_with_points, register_lvis_instances_with_points
 from .nuclei import build_nuclei_coco
-from .point_simulation import write_point_annotation_file
 
 __all__ = [
     "POINT_DATASET_FAMILIES",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..utils.file_io import atomic_open, atomic_write_text
+from point_sup_labels.file_io import atomic_open, atomic_write_text
 
 __all__ = [
     "NUCLEI_SPLITS",

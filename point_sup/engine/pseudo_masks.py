@@ -20,7 +20,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from ..data.coco_json import catalog_image_root, integer_image_ids, relative_image_paths
+from point_sup_labels.coco_format import catalog_image_root, integer_image_ids, relative_image_paths
 
 __all__ = ["predict_pseudo_masks", "pseudo_mask_coco_dict"]
 
@@ -104,7 +104,7 @@ def pseudo_mask_coco_dict(dataset_name: str, records: list[dict]) -> dict:
     Uses Detectron2's ``convert_to_coco_dict`` through a transient dataset name that carries the
     metadata of ``dataset_name`` (for the category ids of the original file). Each image's
     ``file_name`` is written relative to the image root of ``dataset_name``
-    (:func:`~point_sup.data.coco_json.relative_image_paths`), so the file is registered with that same
+    (:func:`~point_sup_labels.coco_format.relative_image_paths`), so the file is registered with that same
     root (e.g. ``datasets/coco/train2017``); images outside it keep an absolute path. Image ids
     that are not integers (Detectron2's Cityscapes loader) become 1..N.
     """

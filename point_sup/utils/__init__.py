@@ -1,5 +1,5 @@
-"""Small general-purpose helpers shared across point_sup (atomic file output, ...)."""
+"""Helpers of the training half: drawing points and predictions (:mod:`.visualizer`).
 
-from .file_io import StagedFiles, atomic_open, atomic_write_bytes, atomic_write_text
-
-__all__ = ["StagedFiles", "atomic_open", "atomic_write_bytes", "atomic_write_text"]
+Atomic file output and process handling live in :mod:`point_sup_labels.file_io` and
+:mod:`point_sup_labels.process`, which both halves use.
+"""

@@ -16,7 +16,7 @@ from pycocotools import mask as mask_util
 from point_sup.engine import PointSupTrainer
 from point_sup.engine.experiment import load_config
 from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
-from point_sup.utils.file_io import atomic_write_bytes
+from point_sup_labels.file_io import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 

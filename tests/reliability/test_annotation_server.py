@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from point_sup.annotation import AnnotationServer, AnnotationStore, journal_path
-from point_sup.data.coco_json import CocoFormatError, load_coco_instances
+from point_sup_labels.annotation import AnnotationServer, AnnotationStore, journal_path
+from point_sup_labels.coco_format import CocoFormatError, load_coco_instances
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 3
@@ -449,7 +449,7 @@ def test_torn_last_line_warning_names_the_lost_answer(session, caplog):
         with open(journal, "ab") as f:  # a crash in the middle of writing the next line
             f.write(torn)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="point_sup.annotation.store"):
+        with caplog.at_level(logging.WARNING, logger="point_sup_labels.annotation.store"):
             server = _open(session)
         with _serving(server) as addr:
             state = _state(addr)

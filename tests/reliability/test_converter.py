@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 import pytest
 
-from point_sup.utils.file_io import StagedFiles
+from point_sup_labels.file_io import StagedFiles
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools/prepare_point_annotations.py"
@@ -287,7 +287,7 @@ def _dead_pid() -> int:
 
 
 def test_the_next_run_removes_the_temporary_files_of_killed_runs_only(tmp_path):
-    from point_sup.utils.file_io import atomic_open
+    from point_sup_labels.file_io import atomic_open
 
     with atomic_open(tmp_path / "probe.json") as f:  # how this host's temporary files are named
         (name,) = _temps(tmp_path)
@@ -367,7 +367,7 @@ def test_odd_json_is_an_error_naming_the_annotation(tmp_path, caplog, monkeypatc
 
 
 def test_duplicate_keys_are_found_and_nested_ones_are_not_mistaken_for_them(tmp_path):
-    from point_sup.data.coco_json import CocoFormatError, read_json
+    from point_sup_labels.coco_format import CocoFormatError, read_json
 
     nested = tmp_path / "nested.json"  # "images" twice in the text, once at the top level: fine
     nested.write_text('{"images": [], "info": {"images": 1}, "categories": [{"name": "images"}]}')
@@ -487,7 +487,7 @@ def test_train_net_reports_a_config_mistake_once_without_a_traceback():
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exit
 def test_a_stop_request_whose_exit_was_swallowed_is_raised_again():
     """Python may run the handler inside a __del__, which ignores the SystemExit it raises."""
-    from point_sup.utils.process import exit_on_termination
+    from point_sup_labels.process import exit_on_termination
 
     class Swallower:
         def __del__(self):

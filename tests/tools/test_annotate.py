@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from point_sup.data.coco_json import CocoFormatError, load_coco_instances
+from point_sup_labels.coco_format import CocoFormatError, load_coco_instances
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools/annotate.py"
@@ -97,7 +97,7 @@ def test_resume_after_the_server_is_killed(boxes, tmp_path):
     ]
     assert all(a["point_seconds"] == [0.7] * 3 for a in anns.values())
     # Same points as the simulator with the same seed (the report's agreement uses them).
-    from point_sup.annotation import build_report
+    from point_sup_labels.annotation import build_report
 
     numbers = build_report(out, boxes["masks"]).as_dict()
     assert numbers["num_objects"] == 37 and numbers["seconds_per_point_median"] == 0.7
@@ -139,7 +139,7 @@ def test_cli_usage_errors_merge_report_and_host_warning(boxes, tmp_path):
     assert tool.main(["merge", str(tmp_path / "m.json"), str(boxes["boxes"])]) == 1  # not a tool output
 
     # Two shards annotated through the library, merged and reported through the command line.
-    from point_sup.annotation import AnnotationStore
+    from point_sup_labels.annotation import AnnotationStore
 
     parts = []
     for k in range(2):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from point_sup.data.annotation_budget import dataset_seconds, select_images, subset_coco
-from point_sup.data.coco_json import dumps_json, read_json
+from point_sup_labels.budget import dataset_seconds, select_images, subset_coco
+from point_sup_labels.coco_format import dumps_json, read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools/select_annotation_budget.py"

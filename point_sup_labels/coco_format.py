@@ -42,10 +42,13 @@ __all__ = [
     "dumps_json",
     "flatten_polygons",
     "integer_image_ids",
+    "is_finite_number",
+    "is_number",
     "load_coco_instances",
     "read_json",
     "relative_image_paths",
     "segmentation_kind",
+    "validate_annotations",
     "validate_coco_instances",
 ]
 
@@ -200,8 +203,15 @@ def segmentation_kind(segm: Any) -> SegmentationKind | None:
     return None
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """Whether ``v`` is a JSON number as a parser returns it: an int or a float, not a bool (a
+    subclass of int: ``true`` is not 1 here). The one definition of a number in a P_N file."""
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def is_finite_number(v: Any) -> bool:
+    """Whether ``v`` is a finite JSON number (:func:`is_number`, not inf or NaN)."""
+    return is_number(v) and math.isfinite(v)
 
 
 def _positive_int(v: Any) -> int | None:
@@ -272,10 +282,40 @@ def validate_coco_instances(
             raise fail(f"duplicate category id {cid}")
         categories[cid] = cat
 
-    anns = data["annotations"]
+    validate_annotations(
+        data["annotations"],
+        images,
+        categories,
+        source=source,
+        require_segmentation=require_segmentation,
+        check_points=check_points,
+    )
+    return CocoInstances(data=data, source=source, images=images, categories=categories)
+
+
+def validate_annotations(
+    anns: list[Any],
+    images: dict[int, dict[str, Any]],
+    categories: dict[int, Any],
+    *,
+    source: str = "<memory>",
+    require_segmentation: bool = True,
+    check_points: bool = True,
+) -> None:
+    """The annotation checks of :func:`validate_coco_instances` (``images``: id -> image with an
+    integer ``height`` and ``width``; ``categories``: the known category ids), for a whole file or
+    one shard of it. A tight loop of sufficient conditions first; only if it fails, the checks one
+    annotation after the other, which name the first problem in file order.
+
+    Raises:
+        CocoFormatError: naming the image or annotation id of the first problem found.
+    """
+
+    def fail(msg: str, image_id: Any = None, annotation_id: Any = None) -> CocoFormatError:
+        return CocoFormatError(msg, source=source, image_id=image_id, annotation_id=annotation_id)
+
     if not _annotations_pass_fast_checks(anns, images, categories, require_segmentation, check_points, fail):
         _check_annotations(anns, images, categories, require_segmentation, check_points, fail)
-    return CocoInstances(data=data, source=source, images=images, categories=categories)
 
 
 class _Missing:
@@ -384,7 +424,7 @@ def _check_annotations(
         if "bbox" not in ann:
             raise fail("no 'bbox'", iid, aid)
         box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
+        if not (isinstance(box, list) and len(box) == 4 and all(map(is_number, box))):
             raise fail(f"'bbox' must be a list of 4 numbers [x, y, w, h], got {box!r}", iid, aid)
         if not all(map(math.isfinite, box)):
             raise fail(f"'bbox' has a non-finite value: {box!r}", iid, aid)
@@ -479,7 +519,7 @@ def flatten_polygons(
     if bad:  # find the culprit (slow path, only on error)
         for i in indices:
             for part in anns[i]["segmentation"]:
-                if not all(_is_number(v) and math.isfinite(v) for v in part):
+                if not all(is_finite_number(v) for v in part):
                     ann = anns[i]
                     raise CocoFormatError(
                         "polygon coordinates must be finite numbers",

@@ -117,7 +117,7 @@ def _fresh_names(target: Path, names: list[Path]) -> Iterator[Path]:
 
     Registering first closes the window between creating a file and recording it: an exception at
     any bytecode in between (Ctrl-C's KeyboardInterrupt, or the SystemExit of
-    :func:`point_sup.utils.process.exit_on_termination`) would otherwise leave the file behind.
+    :func:`point_sup_labels.process.exit_on_termination`) would otherwise leave the file behind.
     """
     remove_stale_temps(target)
     prefix = f".{target.name}.{_host()}_{os.getpid()}_"

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from point_sup.utils.file_io import StagedFiles, atomic_open, atomic_write_bytes, atomic_write_text
+from point_sup_labels.file_io import StagedFiles, atomic_open, atomic_write_bytes, atomic_write_text
 
 
 def test_atomic_write_replaces_and_leaves_no_temporaries(tmp_path):
@@ -75,7 +75,7 @@ def test_an_interrupt_right_after_the_temporary_file_is_created_leaves_nothing(t
         real_open(path, flags, mode, **kw)
         raise _Stop
 
-    from point_sup.utils.file_io import probe_writable
+    from point_sup_labels.file_io import probe_writable
 
     monkeypatch.setattr(os, "open", open_then_stop)
     target = tmp_path / "out.json"

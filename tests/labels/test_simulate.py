@@ -6,21 +6,14 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from point_sup.data.coco_json import CocoFormatError, validate_coco_instances
-from point_sup.data.point_simulation import (
-    annotation_keys,
-    annotation_time,
-    apply_point_samples,
-    boundary_sq_distances,
-    decode_rle_counts,
-    dumps_point_annotations,
-    mask_region,
-    polygon_labels,
-    rle_labels,
-    sample_points,
-    sampling_ranges,
-    simulate_point_annotations,
-)
+from point_sup_labels.coco_format import CocoFormatError, validate_coco_instances
+from point_sup_labels.label_noise import boundary_sq_distances, mask_region
+from point_sup_labels.point_file import apply_point_samples, dumps_point_annotations
+from point_sup_labels.polygon_labels import polygon_labels
+from point_sup_labels.rle_labels import decode_rle_counts, rle_labels
+from point_sup_labels.sampling import annotation_keys, sample_points, sampling_ranges
+from point_sup_labels.simulate import simulate_point_annotations
+from point_sup_labels.time_model import annotation_time
 
 
 def random_polygon(rng, h, w, mode):
@@ -407,7 +400,7 @@ def test_first_bad_annotation_in_file_order_for_any_workers_and_chunks():
 def test_dumps_point_annotations_equals_lists_then_dumps(num_points):
     import copy
 
-    from point_sup.data.coco_json import dumps_json
+    from point_sup_labels.coco_format import dumps_json
 
     data = make_dataset(np.random.default_rng(14), num_images=3, per_image=5)
     data["annotations"][2]["bbox"] = [1.0, 1.0, 0.0, 3.0]  # no points: empty lists

@@ -42,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from .coco_json import CocoFormatError, CocoInstances
-from .point_simulation import SECONDS_PER_BOX, SECONDS_PER_POINT, SECONDS_PER_POLYGON_MASK, sampling_ranges
+from .coco_format import CocoFormatError, CocoInstances, is_finite_number
+from .sampling import sampling_ranges
+from .time_model import SECONDS_PER_BOX, SECONDS_PER_POINT, SECONDS_PER_POLYGON_MASK
 
 __all__ = [
     "COCO_CATEGORIZATION_SECONDS_PER_IMAGE",
@@ -120,7 +121,7 @@ class AnnotationTimeModel:
     """The paper's annotation-time model (§3.3.3), in seconds.
 
     The per-object defaults are the paper's: 7 s per box (extreme clicking), 0.9 s per point,
-    79.2 s per polygon mask (:mod:`point_sup.data.point_simulation`'s constants). The per-image
+    79.2 s per polygon mask (:mod:`point_sup_labels.simulate`'s constants). The per-image
     categorization and spotting defaults are *our reading of the COCO paper* (Lin et al. 2014:
     about 20k worker hours of category labelling and 10k of instance spotting for 328k images,
     i.e. 219.5 s and 109.8 s per image): the paper takes these stages "reported by COCO creators,
@@ -144,7 +145,7 @@ class AnnotationTimeModel:
             "polygon_mask_seconds",
         ):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            if not is_finite_number(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
 
     def object_seconds(self, supervision: str | Supervision) -> float:
@@ -351,7 +352,7 @@ def select_images(
 
     Args:
         data: a COCO instances dict (``images``, ``annotations``; validated, e.g. by
-            :func:`point_sup.data.coco_json.validate_coco_instances`).
+            :func:`point_sup_labels.coco_format.validate_coco_instances`).
 
     Raises:
         BudgetError: no image is selected (a tiny fraction, a budget below the first image's time,

@@ -1,6 +1,6 @@
 """P_N simulation of a COCO JSON file with the parsing split across worker processes.
 
-:func:`~point_sup.data.point_simulation.simulate_point_annotations` works on a dataset already
+:func:`~point_sup_labels.simulate.simulate_point_annotations` works on a dataset already
 loaded in the main process. For a large file, parsing it, checking it and reading its annotations
 into arrays take about as long as labelling the points, and all of it is serial: it is what
 bounds the tool's speed on a few cores. Here the text of the ``annotations`` array is cut at
@@ -50,26 +50,24 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..utils.process import die_with_parent, forking_workers
-from .coco_json import (
+from .coco_format import (
     CocoFormatError,
     CocoInstances,
-    _annotations_pass_fast_checks,
     check_unique_top_level_keys,
     dumps_json,
+    validate_annotations,
     validate_coco_instances,
 )
-from .point_simulation import (
-    NoiseMode,
+from .label_noise import NoiseMode
+from .point_file import set_point_fields
+from .process import die_with_parent, forking_workers, keep_freed_memory
+from .simulate import (
+    LabelledPoints,
     PointSamples,
+    SimulationOptions,
     SimulationStats,
-    _compute_chunk,
-    _image_sizes,
-    _read_chunk,
-    add_label_noise,
-    check_simulation_options,
-    keep_freed_memory,
-    set_point_fields,
+    finish,
+    label_annotations,
 )
 
 __all__ = [
@@ -202,46 +200,33 @@ class _Shard:
     def validate(self, images: list[tuple[int, int, int]], category_ids: list[int]) -> np.ndarray:
         """The annotation checks of ``validate_coco_instances``; returns the (A_i,) uint64 ids."""
         self.images = {iid: {"height": h, "width": w} for iid, h, w in images}
-
-        def fail(msg: str, image_id: Any = None, annotation_id: Any = None) -> CocoFormatError:
-            return CocoFormatError(msg, image_id=image_id, annotation_id=annotation_id)
-
-        cats = dict.fromkeys(category_ids)
-        if not _annotations_pass_fast_checks(self.anns, self.images, cats, True, True, fail):
-            raise NotShardableError("an annotation fails the fast checks")  # the whole-file path names it
+        try:
+            validate_annotations(self.anns, self.images, dict.fromkeys(category_ids))
+        except CocoFormatError:
+            raise NotShardableError(
+                "an annotation fails the checks"
+            ) from None  # named by the whole-file path
         return np.fromiter(map(itemgetter("id"), self.anns), np.uint64, len(self.anns))
 
     def simulate(
         self,
-        num_points: int,
-        seed: int,
-        versions: Sequence[int],
-        boundary: bool,
+        options: SimulationOptions,
         drop_segmentation: bool,
         chunk_size: int,
         progress: Callable[[int], None],
-    ) -> dict[str, Any]:
-        """Points and labels of every version, chunk by chunk (as the whole-file path's workers)."""
+    ) -> LabelledPoints:
+        """Steps 1-3 of the simulator's pipeline on this shard; the points' coordinates stay here
+        for :meth:`serialize`, the rest goes back to the main process for step 4."""
         inst = CocoInstances(data={"annotations": self.anns}, source="", images=self.images, categories={})
-        sizes = _image_sizes(inst)
-        results = []
-        for s in range(0, len(self.anns), chunk_size):
-            e = min(s + chunk_size, len(self.anns))
-            try:
-                chunk = _read_chunk(inst, s, e, drop_segmentation, sizes)
-                results.append(_compute_chunk(chunk, num_points, seed, versions, boundary))
-            except CocoFormatError:
-                raise NotShardableError("bad polygon coordinates or RLE data") from None
-            progress(e - s)
-        per_version = [[r["versions"][k] for r in results] for k in range(len(versions))]
-        self.has = np.concatenate([r["has"] for r in results])
-        self.coords = [np.concatenate([v[0] for v in parts]) for parts in per_version]
-        return {
-            "has": self.has,
-            "labels": [np.concatenate([v[1] for v in parts]) for parts in per_version],
-            "dist": [np.concatenate([v[2] for v in parts]) for parts in per_version] if boundary else None,
-            **{key: sum(r[key] for r in results) for key in ("clipped", "polygon", "crowd", "skipped_parts")},
-        }
+        try:
+            points = label_annotations(
+                inst, options, chunk_size=chunk_size, drop_segmentation=drop_segmentation, progress=progress
+            )
+        except CocoFormatError:
+            raise NotShardableError("bad polygon coordinates or RLE data") from None
+        self.has = points.has_points
+        self.coords = [v.coords for v in points.versions]
+        return points.without_coords()
 
     def serialize(self, k: int, labels: np.ndarray, keep: bool) -> bytes | int:
         """The JSON text of this shard's annotations with version ``k``'s points, brackets removed.
@@ -309,11 +294,11 @@ def _serve(conn: Connection, inherited: Sequence[Connection], parent_pid: int) -
 class ShardWorkers:
     """``n`` forked worker processes, each holding one shard of a dataset between requests.
 
-    Like :func:`~point_sup.data.point_simulation.make_worker_pool`, create it before loading
+    Like :func:`~point_sup_labels.process.make_worker_pool`, create it before loading
     anything large (workers forked later would share, then copy, the parent's pages). Use it as a
     context manager: leaving it stops the workers. A worker dies with the main process however
     that ends (SIGKILL included): it holds no end of the main process's pipes, and Linux kills it
-    when its parent dies (:func:`~point_sup.utils.process.die_with_parent`).
+    when its parent dies (:func:`~point_sup_labels.process.die_with_parent`).
     """
 
     def __init__(self, n: int) -> None:
@@ -430,9 +415,9 @@ class ShardedSimulation:
             except NotShardableError:
                 ...                                  # whole-file path
 
-    Checks are those of :func:`~point_sup.data.coco_json.load_coco_instances`; results those of
-    :func:`~point_sup.data.point_simulation.simulate_point_annotations` followed by
-    :func:`~point_sup.data.point_simulation.dumps_point_annotations`, byte for byte.
+    Checks are those of :func:`~point_sup_labels.coco_format.load_coco_instances`; results those of
+    :func:`~point_sup_labels.simulate.simulate_point_annotations` followed by
+    :func:`~point_sup_labels.point_file.dumps_point_annotations`, byte for byte.
 
     Raises:
         NotShardableError: (in every step) the whole-file path is to be taken instead.
@@ -500,30 +485,13 @@ class ShardedSimulation:
         progress: Callable[[int], None] | None = None,
     ) -> SimulationStats:
         """Simulate every version (arguments as in ``simulate_point_annotations``); counts."""
-        boundary = check_simulation_options(num_points, noise_rate, noise_mode)
-        versions = list(versions)
-        args = (num_points, seed, versions, boundary, drop_segmentation, chunk_size)
+        options = SimulationOptions(num_points, seed, tuple(versions), noise_rate, noise_mode)
+        args = (options, drop_segmentation, chunk_size)
         shards = self._workers.request("simulate", [args] * len(self._counts), progress)
-        has = np.concatenate([s["has"] for s in shards])
-        num_polygon = sum(s["polygon"] for s in shards)
-        stats = SimulationStats(
-            num_annotations=len(has),
-            num_with_points=int(has.sum()),
-            num_clipped=sum(s["clipped"] for s in shards),
-            num_zero_area=int((~has).sum()),
-            num_polygon=num_polygon,
-            num_rle=len(has) - num_polygon,
-            num_crowd=sum(s["crowd"] for s in shards),
-            num_skipped_parts=sum(s["skipped_parts"] for s in shards),
-        )
+        points = LabelledPoints.concatenate(shards, options)
+        stats = finish(points, options)
         cuts = np.cumsum(self._counts)[:-1]
-        self._labels = []
-        for k, version in enumerate(versions):
-            labels = np.concatenate([s["labels"][k] for s in shards])
-            dist = np.concatenate([s["dist"][k] for s in shards]) if boundary else None
-            flipped = add_label_noise(labels, has, dist, noise_rate, noise_mode, seed, version)
-            stats.num_flipped.append(len(flipped))
-            self._labels.append(np.split(labels, cuts))
+        self._labels = [np.split(v.labels, cuts) for v in points.versions]
         return stats
 
     def _around_annotations(self) -> tuple[bytes, bytes]:
@@ -546,7 +514,7 @@ class ShardedSimulation:
 
         The same bytes as :meth:`dumps`, but each worker writes its own shard's text in place
         (no copy through the main process); use with
-        :meth:`point_sup.utils.file_io.StagedFiles.write_with`.
+        :meth:`point_sup_labels.file_io.StagedFiles.write_with`.
         """
         sizes = self._workers.request("serialize", [(k, lab, True) for lab in self._labels[k]])
         before, after = self._around_annotations()

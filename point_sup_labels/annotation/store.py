@@ -5,7 +5,7 @@ One annotation session writes two files:
 ``OUTPUT`` (e.g. ``points.json``)
     The training file, in the P_N simulator's format: the input COCO JSON with, on every finished
     annotation, ``point_coords`` (``[x, y]`` integer pixel indices, sampled exactly as
-    :func:`point_sup.data.point_simulation.simulate_point_annotations` samples them for the same
+    :func:`point_sup_labels.simulate.simulate_point_annotations` samples them for the same
     seed, version 0) and ``point_labels`` (1 object, 0 background), plus ``point_seconds``: the
     seconds the annotator took for each answer (from 0 to ``MAX_SECONDS_PER_ANSWER``, an hour).
     It only ever describes finished work:
@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import math
 import os
 import re
 import statistics
@@ -56,14 +55,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from point_sup.data.coco_json import CocoFormatError, CocoInstances, dumps_json, read_json
-from point_sup.data.point_simulation import (
-    SECONDS_PER_POINT,
-    annotation_keys,
-    sample_points,
-    sampling_ranges,
-)
-from point_sup.utils.file_io import atomic_write_bytes
+from ..coco_format import CocoFormatError, CocoInstances, dumps_json, is_finite_number, read_json
+from ..file_io import atomic_write_bytes
+from ..sampling import annotation_keys, sample_points, sampling_ranges
+from ..time_model import SECONDS_PER_POINT
 
 __all__ = [
     "FLAGGED_KEY",
@@ -109,10 +104,6 @@ class OutputInUseError(RuntimeError):
 def _is_int(v: Any) -> bool:
     # JSON's true/false arrive as Python bools, which are ints: never accepted as one.
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _as_json(v: Any, limit: int = 80) -> str:
@@ -390,16 +381,14 @@ class AnnotationStore:
                 raise self._journal_error(n, f"'{key}' of this {op} must be {expected}, got {shown}")
 
         t = ev.get("time")
-        field("time", _is_number(t) and math.isfinite(t), "a finite number")
+        field("time", is_finite_number(t), "a finite number")
         if op == "undo":
             return ev
         field("ann_id", _is_int(ev.get("ann_id")) and abs(ev["ann_id"]) < 2**63, "a 64-bit integer")
         bbox = ev.get("bbox")
         field(
             "bbox",
-            isinstance(bbox, list)
-            and len(bbox) == 4
-            and all(_is_number(v) and math.isfinite(v) for v in bbox),
+            isinstance(bbox, list) and len(bbox) == 4 and all(map(is_finite_number, bbox)),
             "[x, y, width, height] (4 finite numbers)",
         )
         if op == "flag":
@@ -419,7 +408,7 @@ class AnnotationStore:
         s = ev.get("seconds")
         field(
             "seconds",
-            _is_number(s) and math.isfinite(s) and 0 <= s <= MAX_SECONDS_PER_ANSWER,
+            is_finite_number(s) and 0 <= s <= MAX_SECONDS_PER_ANSWER,
             f"a number in [0, {MAX_SECONDS_PER_ANSWER:g}]",
         )
         return ev
@@ -607,7 +596,7 @@ class AnnotationStore:
             raise ValueError(f"index must be an integer in [0, {self.num_points}), got {index!r}")
         if label not in (0, 1) or not _is_int(label):
             raise ValueError(f"label must be 0 or 1, got {label!r}")
-        if not _is_number(seconds) or not math.isfinite(seconds):
+        if not is_finite_number(seconds):
             raise ValueError(f"seconds must be a finite number, got {seconds!r}")
         if not 0 <= seconds <= MAX_SECONDS_PER_ANSWER:
             raise ValueError(f"seconds must be in [0, {MAX_SECONDS_PER_ANSWER:g}], got {seconds!r}")
@@ -793,7 +782,7 @@ class AnnotationStore:
         data[FLAGGED_KEY] = flagged
         progress = self._progress()
         data[META_KEY] = {
-            "tool": "point_sup.annotation",
+            "tool": "point_sup_labels.annotation",
             "num_points": self.num_points,
             "seed": self.seed,
             "version": SAMPLING_VERSION,

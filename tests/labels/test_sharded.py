@@ -8,15 +8,11 @@ import orjson
 import pytest
 from pycocotools import mask as mask_util
 
-from point_sup.data.coco_json import load_coco_instances
-from point_sup.data.point_simulation import dumps_point_annotations, simulate_point_annotations
-from point_sup.data.sharded_simulation import (
-    NotShardableError,
-    ShardedSimulation,
-    ShardWorkers,
-    plan_shards,
-)
-from point_sup.utils.file_io import StagedFiles
+from point_sup_labels.coco_format import load_coco_instances
+from point_sup_labels.file_io import StagedFiles
+from point_sup_labels.point_file import dumps_point_annotations
+from point_sup_labels.sharded import NotShardableError, ShardedSimulation, ShardWorkers, plan_shards
+from point_sup_labels.simulate import simulate_point_annotations
 
 
 def make_dataset(seed: int = 0, num_images: int = 8, per_image: int = 9) -> dict:
@@ -175,7 +171,7 @@ def last_polygon(data: dict) -> list:
     "mutate, reason",
     [
         (lambda d: d["annotations"][-1].update(id=d["annotations"][0]["id"]), "duplicate annotation ids"),
-        (lambda d: d["annotations"][-1].pop("bbox"), "fast checks"),
+        (lambda d: d["annotations"][-1].pop("bbox"), "fails the checks"),
         (lambda d: last_polygon(d)[0].__setitem__(0, None), "bad polygon coordinates"),
         (lambda d: last_polygon(d)[0].__setitem__(0, 1e400), "does not parse"),  # 'Infinity'
         (lambda d: d["images"][0].update(width=0), "image width"),

@@ -15,15 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from point_sup.data.coco_json import CocoFormatError, load_coco_instances, read_json, segmentation_kind
-from point_sup.data.point_simulation import (
-    SECONDS_PER_BOX,
-    SECONDS_PER_POINT,
-    SECONDS_PER_POLYGON_MASK,
-    polygon_labels,
-    rle_labels,
-)
-
+from ..coco_format import CocoFormatError, load_coco_instances, read_json, segmentation_kind
+from ..polygon_labels import polygon_labels
+from ..rle_labels import rle_labels
+from ..time_model import SECONDS_PER_BOX, SECONDS_PER_POINT, SECONDS_PER_POLYGON_MASK
 from .store import FLAGGED_KEY
 
 __all__ = ["Agreement", "AnnotationReport", "build_report"]

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from point_sup.annotation import AnnotationServer, AnnotationStore, is_loopback, resolve_image_paths
-from point_sup.data.coco_json import CocoFormatError, load_coco_instances, validate_coco_instances
+from point_sup_labels.annotation import AnnotationServer, AnnotationStore, is_loopback, resolve_image_paths
+from point_sup_labels.coco_format import CocoFormatError, load_coco_instances, validate_coco_instances
 
 
 def _store(nuclei_boxes, out, **kw):
@@ -60,7 +60,7 @@ def test_page_state_answer_undo_flag(nuclei_boxes, perfect_label, serve, tmp_pat
             status, _, body = _get(f"{base}/static/{name}")
             assert (
                 status == 200
-                and body == (Path(__file__).parents[2] / "point_sup/annotation/static" / name).read_bytes()
+                and body == (Path(__file__).parents[3] / "point_sup_labels/annotation/static" / name).read_bytes()
             )
         status, headers, png = _get(base + "/images/1")
         assert status == 200 and headers["Content-Type"] == "image/png"

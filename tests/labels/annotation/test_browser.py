@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from point_sup.annotation import AnnotationStore
-from point_sup.data.coco_json import load_coco_instances, validate_coco_instances
-from point_sup.data.point_simulation import simulate_point_annotations
+from point_sup_labels.annotation import AnnotationStore
+from point_sup_labels.coco_format import load_coco_instances, validate_coco_instances
+from point_sup_labels.simulate import simulate_point_annotations
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from point_sup.annotation import build_report
-from point_sup.data.coco_json import CocoFormatError
+from point_sup_labels.annotation import build_report
+from point_sup_labels.coco_format import CocoFormatError
 
 
 def _write(path, data):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from point_sup.data.annotation_budget import (
+from point_sup_labels.budget import (
     COCO_CATEGORIZATION_SECONDS_PER_IMAGE,
     COCO_SPOTTING_SECONDS_PER_IMAGE,
     AnnotationTimeModel,
@@ -22,8 +22,8 @@ from point_sup.data.annotation_budget import (
     select_images,
     subset_coco,
 )
-from point_sup.data.coco_json import CocoFormatError, dumps_json, validate_coco_instances
-from point_sup.data.point_simulation import SECONDS_PER_BOX, SECONDS_PER_POINT, SECONDS_PER_POLYGON_MASK
+from point_sup_labels.coco_format import CocoFormatError, dumps_json, validate_coco_instances
+from point_sup_labels.time_model import SECONDS_PER_BOX, SECONDS_PER_POINT, SECONDS_PER_POLYGON_MASK
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -327,7 +327,7 @@ def test_module_imports_neither_torch_nor_detectron2():
         "    m = types.ModuleType(name)\n"
         "    m.__path__ = [sys.argv[1] + '/' + name.replace('.', '/')]\n"
         "    sys.modules[name] = m\n"
-        "import point_sup.data.annotation_budget as b\n"
+        "import point_sup_labels.budget as b\n"
         "assert b.select_images\n"
         "heavy = ('torch', 'detectron2')\n"
         "print(sorted(k for k, v in sys.modules.items() if k.split('.')[0] in heavy and v is not None))\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from point_sup.annotation import AnnotationServer, AnnotationStore
-from point_sup.data.point_simulation import rle_labels
+from point_sup_labels.annotation import AnnotationServer, AnnotationStore
+from point_sup_labels.rle_labels import rle_labels
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from point_sup.data.coco_json import (
+from point_sup_labels.coco_format import (
     CocoFormatError,
     dumps_json,
     flatten_polygons,
@@ -126,7 +126,7 @@ def test_dumps_is_compact_and_deterministic():
 
 def test_integer_image_ids_renumber_only_non_integer_ids():
     """Detectron2's Cityscapes loader names images by file name; COCO ids are integers."""
-    from point_sup.data.coco_json import integer_image_ids
+    from point_sup_labels.coco_format import integer_image_ids
 
     coco = {
         "images": [

@@ -48,8 +48,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from point_sup.data.coco_json import CocoFormatError, CocoInstances
-
+from ..coco_format import CocoFormatError, CocoInstances
 from .store import AnnotationStore, ConflictError, plan_tasks
 
 __all__ = ["AnnotationServer", "is_loopback", "resolve_image_paths"]
@@ -214,7 +213,7 @@ class AnnotationServer(ThreadingHTTPServer):
 
 
 def _read_static(name: str) -> bytes:
-    return resources.files("point_sup.annotation").joinpath("static", name).read_bytes()
+    return resources.files("point_sup_labels.annotation").joinpath("static", name).read_bytes()
 
 
 def _to_png(path: Path) -> bytes:

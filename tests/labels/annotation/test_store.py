@@ -6,11 +6,17 @@ import os
 import numpy as np
 import pytest
 
-from point_sup.annotation import AnnotationStore, ConflictError, OutputInUseError, journal_path, merge_outputs
-from point_sup.annotation.store import FLAGGED_KEY, META_KEY, plan_tasks
-from point_sup.data.coco_json import CocoFormatError, load_coco_instances, validate_coco_instances
 from point_sup.data.datasets import load_coco_json_with_points
-from point_sup.data.point_simulation import simulate_point_annotations
+from point_sup_labels.annotation import (
+    AnnotationStore,
+    ConflictError,
+    OutputInUseError,
+    journal_path,
+    merge_outputs,
+)
+from point_sup_labels.annotation.store import FLAGGED_KEY, META_KEY, plan_tasks
+from point_sup_labels.coco_format import CocoFormatError, load_coco_instances, validate_coco_instances
+from point_sup_labels.simulate import simulate_point_annotations
 
 
 def _boxes(nuclei_boxes):
