@@ -36,9 +36,7 @@ __all__ = [
     "CocoFormatError",
     "CocoInstances",
     "SegmentationKind",
-    "catalog_image_root",
     "check_unique_top_level_keys",
-    "coco_dict_from_catalog",
     "dumps_json",
     "flatten_polygons",
     "integer_image_ids",
@@ -547,22 +545,6 @@ def load_coco_instances(
     )
 
 
-def catalog_image_root(dataset_name: str) -> str | None:
-    """The image directory that the metadata of a registered dataset names, or None.
-
-    ``image_root`` (COCO-style datasets, :func:`detectron2.data.datasets.register_coco_instances`)
-    or ``image_dir`` (Detectron2's builtin Cityscapes datasets).
-    """
-    from detectron2.data import MetadataCatalog
-
-    meta = MetadataCatalog.get(dataset_name)
-    for key in ("image_root", "image_dir"):
-        root = meta.get(key, None)
-        if isinstance(root, str | os.PathLike) and os.fspath(root):
-            return os.fspath(root)
-    return None
-
-
 def relative_image_paths(images: list[dict[str, Any]], image_root: str | os.PathLike | None) -> None:
     """Rewrite, in place, each image's ``file_name`` relative to ``image_root`` where it lies under it.
 
@@ -592,34 +574,3 @@ def integer_image_ids(coco: dict[str, Any]) -> None:
         img["id"] = new_ids[img["id"]]
     for ann in coco["annotations"]:
         ann["image_id"] = new_ids[ann["image_id"]]
-
-
-def coco_dict_from_catalog(dataset_name: str) -> dict[str, Any]:
-    """A dataset registered in Detectron2's ``DatasetCatalog`` as a COCO instances dict.
-
-    Uses Detectron2's own ``convert_to_coco_dict`` (boxes to XYWH, dataset category ids restored
-    through ``thing_dataset_id_to_contiguous_id`` when the metadata has it); RLE ``counts`` held as
-    bytes are decoded to str so that the result is JSON-serializable.
-
-    Detectron2's loaders give each image's full path (e.g.
-    ``datasets/cityscapes/leftImg8bit/train/aachen/x.png``), but a COCO file's ``file_name`` is
-    read relative to the image root it is registered with. So ``file_name`` is written relative to
-    the image directory of the dataset's metadata (:func:`catalog_image_root`) for images under
-    it, and as an absolute path otherwise (no image directory, or an image outside it). Image ids
-    that are not integers (Detectron2's Cityscapes file names) become 1..N (:func:`integer_image_ids`).
-    """
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.datasets.coco import convert_to_coco_dict
-
-    if dataset_name not in DatasetCatalog.list():
-        raise CocoFormatError(f"no dataset named {dataset_name!r} is registered in DatasetCatalog")
-    coco = convert_to_coco_dict(dataset_name)
-    relative_image_paths(coco["images"], catalog_image_root(dataset_name))
-    integer_image_ids(coco)
-    for ann in coco["annotations"]:
-        segm = ann.get("segmentation")
-        if isinstance(segm, dict) and isinstance(segm.get("counts"), bytes):
-            segm["counts"] = segm["counts"].decode("ascii")
-        if isinstance(segm, dict) and isinstance(segm.get("size"), tuple):
-            segm["size"] = list(segm["size"])
-    return coco

@@ -30,8 +30,9 @@ from detectron2.utils.logger import setup_logger
 import point_sup  # noqa: F401  (registers point_sup's heads and datasets)
 from point_sup import add_point_sup_config
 from point_sup.data import register_point_datasets
+from point_sup.data.catalog import catalog_image_root
 from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
-from point_sup_labels.coco_format import catalog_image_root, dumps_json
+from point_sup_labels.coco_format import dumps_json
 from point_sup_labels.file_io import atomic_write_bytes
 
 

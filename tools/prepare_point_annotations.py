@@ -9,7 +9,7 @@ The output keeps ``images``, ``categories`` and every annotation field, adds ``p
 and ``point_labels`` (1 object, 0 background), and drops ``segmentation`` unless ``--keep-masks``.
 The logic lives in :mod:`point_sup_labels.simulate` (and, with ``--workers`` > 1 on a file,
 :mod:`point_sup_labels.sharded`, which parses the file in shards); this is the command-line
-shell.
+shell. Converting a file imports neither torch nor Detectron2 (only ``--dataset`` does).
 """
 
 from __future__ import annotations
@@ -23,14 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from point_sup_labels.coco_format import (
-    CocoFormatError,
-    catalog_image_root,
-    coco_dict_from_catalog,
-    load_coco_instances,
-    validate_coco_instances,
-)
+from point_sup_labels.coco_format import CocoFormatError, load_coco_instances, validate_coco_instances
 from point_sup_labels.file_io import StagedFiles, probe_writable
+from point_sup_labels.log import setup_logger
 from point_sup_labels.point_file import dumps_point_annotations
 from point_sup_labels.process import exit_on_termination, gc_paused, make_worker_pool, raise_if_stop_requested
 from point_sup_labels.sharded import NotShardableError, ShardedSimulation, ShardWorkers
@@ -169,9 +164,7 @@ def _main(argv: list[str] | None) -> int:
     if args.workers < 1 or not 0.0 <= args.noise_rate <= 1.0:
         parser.error("--workers must be >= 1, --noise-rate in [0, 1]")
 
-    from detectron2.utils.logger import setup_logger
-
-    setup_logger(name="point_sup", abbrev_name="point_sup")
+    setup_logger("point_sup")
     try:
         outputs = output_paths(args.paths[-1], args.num_versions)
     except ValueError as e:
@@ -253,8 +246,10 @@ def _log_loaded(source: str, num_images: int, num_annotations: int, num_categori
 def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> int:
     try:
         if args.dataset is not None:
+            # Only a registered dataset needs Detectron2 (and torch): imported here, not at start-up.
             import point_sup  # noqa: F401  (registers point_sup's datasets too)
             from point_sup.data import register_point_datasets
+            from point_sup.data.catalog import catalog_image_root, coco_dict_from_catalog
 
             register_point_datasets([args.dataset])
             instances = validate_coco_instances(coco_dict_from_catalog(args.dataset), source=args.dataset)

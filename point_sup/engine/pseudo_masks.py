@@ -13,14 +13,12 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
-from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.structures import Boxes, BoxMode, Instances
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from point_sup_labels.coco_format import catalog_image_root, integer_image_ids, relative_image_paths
+from ..data.catalog import coco_dict_from_catalog
 
 __all__ = ["predict_pseudo_masks", "pseudo_mask_coco_dict"]
 
@@ -101,28 +99,12 @@ def predict_pseudo_masks(model, dataset_dicts: Iterable[dict], image_format: str
 def pseudo_mask_coco_dict(dataset_name: str, records: list[dict]) -> dict:
     """COCO-format dict (images, categories, annotations with RLE masks) of ``records``.
 
-    Uses Detectron2's ``convert_to_coco_dict`` through a transient dataset name that carries the
-    metadata of ``dataset_name`` (for the category ids of the original file). Each image's
-    ``file_name`` is written relative to the image root of ``dataset_name``
-    (:func:`~point_sup_labels.coco_format.relative_image_paths`), so the file is registered with that same
-    root (e.g. ``datasets/coco/train2017``); images outside it keep an absolute path. Image ids
-    that are not integers (Detectron2's Cityscapes loader) become 1..N.
+    Through :func:`point_sup.data.catalog.coco_dict_from_catalog` with the metadata of
+    ``dataset_name`` (for the category ids of the original file): each image's ``file_name`` is
+    written relative to the image root of ``dataset_name``, so the file is registered with that
+    same root (e.g. ``datasets/coco/train2017``); images outside it keep an absolute path. Image
+    ids that are not integers (Detectron2's Cityscapes loader) become 1..N.
     """
-    tmp_name = f"{dataset_name}__point_sup_pseudo_masks"
-    if tmp_name in DatasetCatalog.list():
-        DatasetCatalog.remove(tmp_name)
-        MetadataCatalog.remove(tmp_name)
-    DatasetCatalog.register(tmp_name, lambda: records)
-    meta = MetadataCatalog.get(dataset_name)
-    for key in ("thing_classes", "thing_dataset_id_to_contiguous_id"):
-        if meta.get(key, None) is not None:
-            MetadataCatalog.get(tmp_name).set(**{key: meta.get(key)})
-    try:
-        coco = convert_to_coco_dict(tmp_name)
-    finally:
-        DatasetCatalog.remove(tmp_name)
-        MetadataCatalog.remove(tmp_name)
-    relative_image_paths(coco["images"], catalog_image_root(dataset_name))
-    integer_image_ids(coco)
+    coco = coco_dict_from_catalog(dataset_name, records)
     coco["info"]["description"] = f"point_sup pseudo masks for {dataset_name}"
     return coco

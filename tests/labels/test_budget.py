@@ -319,14 +319,10 @@ def test_check_supervision_fields():
 
 
 def test_module_imports_neither_torch_nor_detectron2():
-    # point_sup's package __init__ imports detectron2; load the module under stand-in packages.
+    # torch and detectron2 made unimportable: any import of them fails the test.
     code = (
-        "import sys, types\n"
+        "import sys\n"
         "sys.modules['torch'] = sys.modules['detectron2'] = None\n"
-        "for name in ('point_sup', 'point_sup.data', 'point_sup.utils'):\n"
-        "    m = types.ModuleType(name)\n"
-        "    m.__path__ = [sys.argv[1] + '/' + name.replace('.', '/')]\n"
-        "    sys.modules[name] = m\n"
         "import point_sup_labels.budget as b\n"
         "assert b.select_images\n"
         "heavy = ('torch', 'detectron2')\n"

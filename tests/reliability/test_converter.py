@@ -357,7 +357,7 @@ def _bad(mutate) -> dict:
 )
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_odd_json_is_an_error_naming_the_annotation(tmp_path, caplog, monkeypatch, content, message, workers):
-    from point_sup.data import sharded_simulation
+    from point_sup_labels import sharded as sharded_simulation
 
     monkeypatch.setattr(sharded_simulation, "MIN_SHARD_BYTES", 1)  # the sharded path for any size
     src = _write(tmp_path / "in.json", content)

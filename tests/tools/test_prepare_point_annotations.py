@@ -75,7 +75,7 @@ def tool_logs_reach_caplog(caplog):
 @pytest.fixture
 def small_shards(monkeypatch):
     """Files of any size are parsed in shards with --workers > 1 (point_sup_labels.sharded)."""
-    from point_sup.data import sharded_simulation
+    from point_sup_labels import sharded as sharded_simulation
 
     monkeypatch.setattr(sharded_simulation, "MIN_SHARD_BYTES", 1)
 
