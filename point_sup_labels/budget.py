@@ -42,7 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from .coco_format import CocoFormatError, CocoInstances, is_finite_number
+from .coco_format import CocoFormatError, CocoInstances
+from .json_values import is_finite_number
 from .sampling import sampling_ranges
 from .time_model import SECONDS_PER_BOX, SECONDS_PER_POINT, SECONDS_PER_POLYGON_MASK
 

@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from .coco_format import CocoFormatError, CocoInstances, is_finite_number, is_number
+from .coco_format import CocoFormatError, CocoInstances
+from .json_values import is_finite_number, is_number
 from .label_noise import NO_DISTANCE, NoiseMode, add_label_noise, boundary_sq_distances
 from .polygon_labels import polygon_point_labels_batch, polygon_region
 from .process import gc_paused, make_worker_pool

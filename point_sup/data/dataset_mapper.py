@@ -22,7 +22,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
-from .datasets import POINT_ANNOTATION_KEYS
+from point_sup_labels.point_fields import POINT_FIELDS
+
+from .point_augmentation import subsample_points
 
 __all__ = [
     "IGNORE_LABEL",
@@ -30,7 +32,6 @@ __all__ = [
     "PointSupDatasetMapper",
     "empty_point_instances",
     "pad_point_annotations",
-    "subsample_points",
     "transform_point_annotations",
 ]
 
@@ -77,34 +78,6 @@ def transform_point_annotations(
     inside = (coords[:, 0] >= 0) & (coords[:, 0] < width) & (coords[:, 1] >= 0) & (coords[:, 1] < height)
     labels[~inside] = IGNORE_LABEL
     return coords.astype(np.float32), labels
-
-
-def subsample_points(
-    point_labels: np.ndarray, num_points: int, generator: torch.Generator | None = None
-) -> np.ndarray:
-    """Point-based augmentation (paper §3.2): indices of ``num_points`` labelled points of one instance.
-
-    Chosen uniformly without replacement among the points whose label is not ignore (all of them if
-    there are fewer), returned in their original order.
-
-    Args:
-        point_labels: (P,) labels; negative = ignore.
-        num_points: how many to keep; must be > 0.
-        generator: torch generator to draw from; None uses torch's default generator, which PyTorch's
-            DataLoader seeds differently in every worker (and Detectron2's ``seed_all_rng`` /
-            ``worker_init_reset_seed`` seed from ``cfg.SEED``), so draws differ per call and per worker
-            and repeat under the same seed.
-
-    Returns:
-        (K,) int64 indices into the P points, K = min(num_points, number of valid points).
-    """
-    if num_points <= 0:
-        raise ValueError(f"num_points must be positive, got {num_points}")
-    valid = np.flatnonzero(np.asarray(point_labels) >= 0)
-    if len(valid) <= num_points:
-        return valid.astype(np.int64)
-    order = torch.randperm(len(valid), generator=generator).numpy()
-    return np.sort(valid[order[:num_points]]).astype(np.int64)
 
 
 def pad_point_annotations(
@@ -218,7 +191,7 @@ class PointSupDatasetMapper(DatasetMapper):
         keep_masks = self.use_instance_mask and all("segmentation" in a for a in annos)
         points = []
         for index, anno in enumerate(annos):
-            missing = [key for key in POINT_ANNOTATION_KEYS if key not in anno]
+            missing = [key for key in POINT_FIELDS if key not in anno]
             if missing:
                 which = f"id {anno['id']}" if "id" in anno else f"#{index} (of the non-crowd ones)"
                 raise ValueError(

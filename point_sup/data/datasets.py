@@ -1,17 +1,9 @@
 """Registration and loading of P_N point-annotated datasets (COCO and LVIS JSON formats).
 
-A P_N annotation file is a COCO-format JSON (the format of Detectron2's PointSup project) in which
-each annotation carries, besides ``bbox`` and ``category_id``:
-
-``point_coords``
-    list of ``[x, y]`` **integer pixel indices** (``x`` = column, ``y`` = row) of the labelled points;
-``point_labels``
-    list of the same length, 1 = object, 0 = background.
-
-``segmentation`` is usually absent (a "without masks" file). The loaders here return Detectron2
-dataset dicts whose annotations carry the points in Detectron2's **continuous** image coordinates:
-pixel ``i`` covers ``[i, i + 1)``, so the centre of pixel index ``i`` is ``i + 0.5`` and the loader
-adds 0.5 to every coordinate:
+The file format and its rules are those of :mod:`point_sup_labels.point_fields` (the one validator,
+which the loaders here run on every annotation). The loaders return Detectron2 dataset dicts whose
+annotations carry the points in Detectron2's **continuous** image coordinates (pixel ``i`` covers
+``[i, i + 1)``; each pixel index gets ``+ 0.5``, its centre):
 
 ``point_coords``
     ``np.ndarray`` float32, shape (P, 2): ``[x + 0.5, y + 0.5]``;
@@ -30,13 +22,20 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Mapping
-from itertools import chain
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
+
+from point_sup_labels.point_fields import (
+    PIXEL_CENTRE,
+    POINT_FIELDS,
+    PointFieldError,
+    missing_point_field,
+    validate_points,
+)
 
 __all__ = [
     "POINT_ANNOTATION_KEYS",
@@ -49,10 +48,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POINT_ANNOTATION_KEYS = ("point_coords", "point_labels")
-_NUMBER_TYPES = {int, float}  # what a JSON number parses to (bool, a subclass of int, is not one)
+POINT_ANNOTATION_KEYS = POINT_FIELDS  # the name Detectron2 users of this module know
 # "id" is kept as well so that errors (here and in the mapper) can name the offending annotation.
-_EXTRA_ANNOTATION_KEYS = [*POINT_ANNOTATION_KEYS, "id"]
+_EXTRA_ANNOTATION_KEYS = [*POINT_FIELDS, "id"]
 
 
 def _where(source: str, record: Mapping, anno: Mapping) -> str:
@@ -82,139 +80,34 @@ def convert_point_annotations(dataset_dicts: list[dict], source: str) -> list[di
     entries = []  # (record, annotation) of every annotation with points
     for record in dataset_dicts:
         for anno in record.get("annotations", []):
-            has = [key in anno for key in POINT_ANNOTATION_KEYS]
-            if not any(has):
-                continue
-            if not all(has):
-                missing = POINT_ANNOTATION_KEYS[has.index(False)]
+            missing = missing_point_field(anno)
+            if missing is not None:
                 raise ValueError(f"{_where(source, record, anno)}: has point annotations but no '{missing}'")
-            entries.append((record, anno))
+            if POINT_FIELDS[0] in anno:
+                entries.append((record, anno))
     if not entries:  # e.g. a mask-annotated file: nothing to convert
         logger.info(f"No point annotations in {source}")
         return dataset_dicts
-    # Validate all points at once (a per-annotation loop takes minutes on COCO's 860k instances);
-    # on any problem, the per-annotation validator finds the annotation and words the error.
-    coords, labels, offsets = _concatenate(entries)
-    if coords is None:
-        for record, anno in entries:
-            _validated_points(record, anno, source)
-        raise AssertionError("unreachable: the points could not be stacked but each annotation is valid")
-    height = np.repeat([r["height"] for r, _ in entries], np.diff(offsets))
-    width = np.repeat([r["width"] for r, _ in entries], np.diff(offsets))
-    x, y = coords[:, 0], coords[:, 1]
-    with np.errstate(invalid="ignore"):
-        ok = (
-            ((labels == 0) | (labels == 1))
-            & np.isfinite(coords).all(axis=1)
-            & (coords == np.round(coords)).all(axis=1)
-            & (x >= 0)
-            & (x < width)
-            & (y >= 0)
-            & (y < height)
+    try:
+        coords, labels, offsets = validate_points(
+            [a["point_coords"] for _, a in entries],
+            [a["point_labels"] for _, a in entries],
+            [r["height"] for r, _ in entries],
+            [r["width"] for r, _ in entries],
         )
-    if not ok.all():
-        first = int(np.searchsorted(offsets, np.flatnonzero(~ok)[0], side="right")) - 1
-        _validated_points(*entries[first], source)
-        raise AssertionError(f"unreachable: point {np.flatnonzero(~ok)[0]} failed only the vectorized check")
+    except PointFieldError as e:
+        raise ValueError(f"{_where(source, *entries[e.index])}: {e}") from None
     # Views into one array per field: cheap to build, and each pickles (DatasetFromList) on its own.
     split = offsets[1:-1]
     for (_, anno), c, lab in zip(
         entries,
-        np.split((coords + 0.5).astype(np.float32), split),
+        np.split((coords + PIXEL_CENTRE).astype(np.float32), split),
         np.split(labels.astype(np.uint8), split),
         strict=True,
     ):
         anno["point_coords"], anno["point_labels"] = c, lab
     logger.info(f"Loaded {len(labels)} labelled points of {len(entries)} instances from {source}")
     return dataset_dicts
-
-
-def _concatenate(entries: list[tuple[dict, dict]]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """All points of ``entries`` as coords (N, 2) and labels (N,) float64, with annotation k's points at
-    ``offsets[k]:offsets[k + 1]``; coords None where the fields do not stack (ragged, wrong lengths)."""
-    try:
-        num_coords = np.array([len(a["point_coords"]) for _, a in entries], dtype=np.int64)
-        num_labels = np.array([len(a["point_labels"]) for _, a in entries], dtype=np.int64)
-    except TypeError:  # not lists
-        return None, None, np.zeros(1, dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(num_coords)])
-    if not np.array_equal(num_coords, num_labels):
-        return None, None, offsets
-    points = [p for _, a in entries for p in a["point_coords"]]
-    label_list = [v for _, a in entries for v in a["point_labels"]]
-    # JSON numbers only: numpy would turn "3" or true into 3.0 or 1.0 without a word.
-    if not (
-        set(map(type, points)) <= {list}
-        and set(map(type, chain.from_iterable(points))) <= _NUMBER_TYPES
-        and set(map(type, label_list)) <= _NUMBER_TYPES
-    ):
-        return None, None, offsets
-    try:
-        coords = np.array(points, dtype=np.float64)
-        labels = np.array(label_list, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None, None, offsets
-    if coords.size == 0:
-        coords = coords.reshape(0, 2)
-    if coords.ndim != 2 or coords.shape[1] != 2 or labels.ndim != 1:
-        return None, None, offsets
-    return coords, labels, offsets
-
-
-def _validated_points(record: Mapping, anno: Mapping, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """One annotation's points as float64 arrays (P, 2) and (P,); ValueError describing the first problem."""
-    height, width = record["height"], record["width"]
-    try:
-        coords = np.asarray(anno["point_coords"], dtype=np.float64)
-        labels = np.asarray(anno["point_labels"], dtype=np.float64)
-    except (TypeError, ValueError) as e:  # ragged lists, non-numbers
-        raise ValueError(
-            f"{_where(source, record, anno)}: point_coords must be a list of [x, y] and "
-            f"point_labels a list of 0/1 ({e})"
-        ) from e
-    if coords.size == 0:
-        coords = coords.reshape(0, 2)
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise ValueError(
-            f"{_where(source, record, anno)}: point_coords must be a list of [x, y], got shape {coords.shape}"
-        )
-    if labels.ndim != 1 or len(labels) != len(coords):
-        raise ValueError(
-            f"{_where(source, record, anno)}: {len(coords)} point_coords but {labels.size} point_labels"
-        )
-    # JSON numbers only: numpy turned "3" or true into 3.0 or 1.0 above without a word.
-    for field, values in (
-        ("point_coords", [v for point in anno["point_coords"] for v in point]),
-        ("point_labels", anno["point_labels"]),
-    ):
-        bad = [v for v in values if type(v) not in _NUMBER_TYPES]
-        if bad:
-            raise ValueError(
-                f"{_where(source, record, anno)}: {field} must hold JSON numbers, got "
-                f"{type(bad[0]).__name__} {bad[0]!r}"
-            )
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError(
-            f"{_where(source, record, anno)}: point_labels must be 0 (background) or "
-            f"1 (object), got {sorted(set(labels.tolist()) - {0.0, 1.0})}"
-        )
-    if not np.isfinite(coords).all():
-        raise ValueError(f"{_where(source, record, anno)}: point_coords are not all finite")
-    if not (coords == np.round(coords)).all():
-        # A fractional value means the file is not in the pixel-index convention: adding 0.5 would
-        # silently shift every point by half a pixel.
-        raise ValueError(
-            f"{_where(source, record, anno)}: point_coords must be integer pixel indices "
-            f"(x = column, y = row), got {coords[(coords != np.round(coords)).any(axis=1)][0]}"
-        )
-    inside = (coords[:, 0] >= 0) & (coords[:, 0] < width) & (coords[:, 1] >= 0) & (coords[:, 1] < height)
-    if not inside.all():
-        point = anno["point_coords"][int(np.flatnonzero(~inside)[0])]  # as written, however large
-        raise ValueError(
-            f"{_where(source, record, anno)}: point {list(point)} lies "
-            f"outside the {width}x{height} image (pixel indices must be in [0, width) x [0, height))"
-        )
-    return coords, labels
 
 
 def load_coco_json_with_points(

@@ -20,11 +20,11 @@ from point_sup.data.dataset_mapper import (
     PADDING_LABEL,
     PointSupDatasetMapper,
     pad_point_annotations,
-    subsample_points,
     transform_point_annotations,
 )
 from point_sup.data.datasets import load_coco_json_with_points
 from point_sup.data.nuclei import build_nuclei_coco
+from point_sup.data.point_augmentation import subsample_points
 
 
 def _add_points(src, dst, num_points, seed, keep_masks=True):
