@@ -25,14 +25,13 @@ import gc
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import orjson
 
-from .json_values import is_finite_number, is_number
+from .json_values import is_number
 from .point_fields import PointFieldError, missing_point_field, validate_points
 
 __all__ = [
@@ -41,7 +40,6 @@ __all__ = [
     "SegmentationKind",
     "check_unique_top_level_keys",
     "dumps_json",
-    "flatten_polygons",
     "integer_image_ids",
     "load_coco_instances",
     "read_json",
@@ -227,10 +225,10 @@ def validate_coco_instances(
     ``iscrowd`` 0/1 if present; ``segmentation`` (required if ``require_segmentation``) a polygon
     list (parts are lists of numbers of even length), or an RLE whose ``size`` equals the image's
     ``[height, width]`` and whose uncompressed counts are non-negative integers summing to
-    ``height * width``. Polygon coordinates are checked for finiteness by
-    :func:`flatten_polygons`; compressed RLE strings when decoded. With ``check_points``, existing
-    ``point_coords``/``point_labels`` must be equally long lists of in-image integer ``[x, y]``
-    and 0/1.
+    ``height * width``. Polygon coordinates are checked for finiteness by the simulator
+    (:func:`point_sup_labels.simulate.read_chunk`); compressed RLE strings when decoded. With
+    ``check_points``, existing ``point_coords``/``point_labels`` must follow
+    :mod:`point_sup_labels.point_fields`.
 
     Raises:
         CocoFormatError: naming the image or annotation id of the first problem found.
@@ -478,56 +476,6 @@ def _check_points(ann: dict[str, Any], h: int, w: int, fail) -> None:
         validate_points([ann["point_coords"]], [ann["point_labels"]], [h], [w])
     except PointFieldError as e:
         raise fail(str(e)) from None
-
-
-def flatten_polygons(
-    instances: CocoInstances, ann_indices: Iterable[int], min_vertices: int = 3
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All polygon parts of the given annotations as flat arrays, checked to be finite numbers.
-
-    Parts with fewer than ``min_vertices`` vertices enclose no pixel and are skipped.
-
-    Returns:
-        coords: (V, 2) float64 vertices ``[x, y]`` of all kept parts, in order.
-        part_sizes: (P,) int64 number of vertices of each kept part.
-        part_owner: (P,) int64 position (in ``ann_indices``) of the annotation owning each part.
-
-    Raises:
-        CocoFormatError: a coordinate is not a finite number (naming the annotation).
-    """
-    anns = instances.annotations
-    flat: list[float] = []
-    sizes: list[int] = []
-    owners: list[int] = []
-    indices = list(ann_indices)
-    min_len = 2 * min_vertices
-    for pos, i in enumerate(indices):
-        for part in anns[i]["segmentation"]:
-            if len(part) >= min_len:
-                flat.extend(part)
-                sizes.append(len(part) // 2)
-                owners.append(pos)
-    arr = np.array(flat)  # no dtype: strings or nested lists show up as a non-numeric dtype
-    bad = arr.dtype.kind not in "fiu" or arr.ndim != 1
-    if not bad and arr.dtype.kind == "f":
-        bad = not np.isfinite(arr).all()
-    if bad:  # find the culprit (slow path, only on error)
-        for i in indices:
-            for part in anns[i]["segmentation"]:
-                if not all(is_finite_number(v) for v in part):
-                    ann = anns[i]
-                    raise CocoFormatError(
-                        "polygon coordinates must be finite numbers",
-                        source=instances.source,
-                        image_id=ann.get("image_id"),
-                        annotation_id=ann.get("id"),
-                    )
-        raise CocoFormatError("polygon coordinates must be finite numbers", source=instances.source)
-    return (
-        arr.astype(np.float64).reshape(-1, 2),
-        np.asarray(sizes, dtype=np.int64),
-        np.asarray(owners, dtype=np.int64),
-    )
 
 
 def load_coco_instances(

@@ -27,15 +27,12 @@ __all__ = [
 
 
 def apply_point_samples(instances: CocoInstances, samples: PointSamples) -> None:
-    """Set ``point_coords``/``point_labels`` of every annotation of ``instances`` from ``samples``.
-
-    Annotations without points (zero-area boxes) get empty lists, as in the output files.
+    """Set ``point_coords``/``point_labels`` of every annotation of ``instances`` from ``samples``,
+    as Python lists (for code that reads them back; the output files are written by
+    :func:`dumps_point_annotations`). Annotations without points (zero-area boxes) get empty lists,
+    as in the output files.
     """
-    coords, labels = samples.coords.tolist(), samples.labels.tolist()
-    for i, ann in enumerate(instances.annotations):
-        has = bool(samples.has_points[i])
-        ann["point_coords"] = coords[i] if has else []
-        ann["point_labels"] = labels[i] if has else []
+    _set_rows(instances.annotations, samples.coords.tolist(), samples.labels.tolist(), samples)
 
 
 def dumps_point_annotations(instances: CocoInstances, samples: PointSamples) -> bytes:
@@ -59,17 +56,20 @@ def set_point_fields(annotations: list[dict[str, Any]], samples: PointSamples) -
     where there are no points); with orjson < 3.9, as Python lists (:func:`apply_point_samples`).
     """
     if not hasattr(orjson, "Fragment"):  # orjson < 3.9
-        coords, labels = samples.coords.tolist(), samples.labels.tolist()
-    else:
-        coords = _json_rows(samples.coords, b"]],[[", b"]]\n[[")  # rows of (A, N, 2)
-        labels = _json_rows(samples.labels, b"],[", b"]\n[")  # rows of (A, N)
+        _set_rows(annotations, samples.coords.tolist(), samples.labels.tolist(), samples)
+        return
+    coords = _json_rows(samples.coords, b"]],[[", b"]]\n[[")  # rows of (A, N, 2)
+    labels = _json_rows(samples.labels, b"],[", b"]\n[")  # rows of (A, N)
+    _set_rows(annotations, coords, labels, samples)
+
+
+def _set_rows(
+    annotations: list[dict[str, Any]], coords: list[Any], labels: list[Any], samples: PointSamples
+) -> None:
+    """Row i of ``coords``/``labels`` into annotation i; empty lists where it has no points."""
     for ann, c, lab, has in zip(annotations, coords, labels, samples.has_points.tolist(), strict=True):
-        if has:
-            ann["point_coords"] = c
-            ann["point_labels"] = lab
-        else:
-            ann["point_coords"] = []
-            ann["point_labels"] = []
+        ann["point_coords"] = c if has else []
+        ann["point_labels"] = lab if has else []
 
 
 def _json_rows(a: np.ndarray, sep: bytes, cut: bytes) -> list[Any]:

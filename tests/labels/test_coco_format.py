@@ -8,12 +8,12 @@ import pytest
 from point_sup_labels.coco_format import (
     CocoFormatError,
     dumps_json,
-    flatten_polygons,
     load_coco_instances,
     read_json,
     segmentation_kind,
     validate_coco_instances,
 )
+from point_sup_labels.simulate import read_chunk
 
 GOOD = {
     "info": {"note": "kept"},
@@ -45,7 +45,8 @@ def test_good_dataset_and_index():
         "rle",
         "compressed_rle",
     ]
-    coords, sizes, owner = flatten_polygons(inst, [0])
+    chunk = read_chunk(inst, 0, 1, drop_segmentation=False)  # the polygon parts, flattened
+    coords, sizes, owner = chunk.coords, chunk.part_sizes, chunk.part_owners
     assert coords.tolist() == [[1, 1], [6, 1], [6, 6]] and sizes.tolist() == [3] and owner.tolist() == [0]
 
 
@@ -93,7 +94,7 @@ def test_first_problem_in_file_order_and_valid_inputs_off_the_fast_path():
     with pytest.raises(CocoFormatError, match=r"annotation id=2.*non-negative integers"):
         validate_coco_instances(data)
     big = {**GOOD, "annotations": [dict(GOOD["annotations"][0], id=i) for i in range(500)]}
-    big["annotations"][400]["segmentation"] = [[1, 1, 6, 1, "6", 6]]  # checked by flatten_polygons
+    big["annotations"][400]["segmentation"] = [[1, 1, 6, 1, "6", 6]]  # checked by the simulator's read_chunk
     big["annotations"][300] = dict(big["annotations"][300], bbox=[0, 0, 1, float("inf")])
     with pytest.raises(CocoFormatError, match=r"annotation id=300.*non-finite"):
         validate_coco_instances(big)
