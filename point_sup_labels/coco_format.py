@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .json_values import is_number
+from .json_values import is_integer, is_number
 from .point_fields import PointFieldError, missing_point_field, validate_points
 
 __all__ = [
@@ -248,7 +248,7 @@ def validate_coco_instances(
         if not isinstance(img, dict):
             raise fail(f"an entry of 'images' is a {type(img).__name__}, not an object")
         iid = img.get("id")
-        if not isinstance(iid, int) or isinstance(iid, bool):
+        if not is_integer(iid):
             raise fail(f"image 'id' must be an integer, got {iid!r}")
         if iid in images:
             raise fail("duplicate image id", image_id=iid)
@@ -262,7 +262,7 @@ def validate_coco_instances(
     categories: dict[int, dict[str, Any]] = {}
     for cat in data["categories"]:
         cid = cat.get("id") if isinstance(cat, dict) else None
-        if not isinstance(cid, int) or isinstance(cid, bool):
+        if not is_integer(cid):
             raise fail(f"category 'id' must be an integer, got {cid!r}")
         if cid in categories:
             raise fail(f"duplicate category id {cid}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["is_finite_number", "is_number"]
+__all__ = ["is_finite_number", "is_integer", "is_number"]
 
 
 def is_number(v: Any) -> bool:
@@ -17,3 +17,8 @@ def is_number(v: Any) -> bool:
 def is_finite_number(v: Any) -> bool:
     """Whether ``v`` is a finite JSON number (:func:`is_number`, not inf or NaN)."""
     return is_number(v) and math.isfinite(v)
+
+
+def is_integer(v: Any) -> bool:
+    """Whether ``v`` is a JSON integer as a parser returns it: an ``int`` that is not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)

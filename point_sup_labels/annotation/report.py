@@ -19,7 +19,7 @@ from ..coco_format import CocoFormatError, load_coco_instances, read_json, segme
 from ..polygon_labels import polygon_labels
 from ..rle_labels import rle_labels
 from ..time_model import SECONDS_PER_BOX, SECONDS_PER_POINT, SECONDS_PER_POLYGON_MASK
-from .store import FLAGGED_KEY
+from .output import FLAGGED_KEY
 
 __all__ = ["Agreement", "AnnotationReport", "build_report"]
 

@@ -3,7 +3,7 @@
 Routes:
 
 ``GET /``, ``GET /static/app.js``, ``GET /static/style.css``
-    The page (plain HTML/CSS/JS shipped in ``point_sup/annotation/static``; nothing else under that
+    The page (plain HTML/CSS/JS shipped in ``point_sup_labels/annotation/static``; nothing else under that
     folder, or anywhere else on disk, is reachable).
 ``GET /images/<image id>``
     The image of that id in the input JSON, read from ``--images``. The URL carries only the integer
@@ -49,7 +49,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..coco_format import CocoFormatError, CocoInstances
-from .store import AnnotationStore, ConflictError, plan_tasks
+from ..json_values import is_integer, is_number
+from .events import FLAG_BAD_BOX
+from .session import AnnotationStore, ConflictError
+from .tasks import plan_tasks
 
 __all__ = ["AnnotationServer", "is_loopback", "resolve_image_paths"]
 
@@ -350,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/api/flag":
                 store.flag(
                     _int(body, "ann_id"),
-                    body.get("reason", "bad_box"),
+                    body.get("reason", FLAG_BAD_BOX),
                     version=_optional_int(body, "version"),
                 )
             elif path == "/api/undo":
@@ -419,14 +422,14 @@ def _optional_int(body: dict[str, Any], key: str) -> int | None:
 
 def _int(body: dict[str, Any], key: str) -> int:
     v = body.get(key)
-    if not isinstance(v, int) or isinstance(v, bool):  # JSON true/false are no integers
+    if not is_integer(v):  # JSON true/false are no integers
         raise ValueError(f"'{key}' must be an integer, got {_shown(body, key)}")
     return v
 
 
 def _number(body: dict[str, Any], key: str) -> float:
     v = body.get(key)
-    if not isinstance(v, int | float) or isinstance(v, bool):
+    if not is_number(v):
         raise ValueError(f"'{key}' must be a number, got {_shown(body, key)}")
     return float(v)
 

@@ -449,7 +449,7 @@ def test_torn_last_line_warning_names_the_lost_answer(session, caplog):
         with open(journal, "ab") as f:  # a crash in the middle of writing the next line
             f.write(torn)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="point_sup_labels.annotation.store"):
+        with caplog.at_level(logging.WARNING, logger="point_sup_labels.annotation.journal"):
             server = _open(session)
         with _serving(server) as addr:
             state = _state(addr)

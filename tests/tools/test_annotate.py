@@ -29,20 +29,20 @@ def boxes(tmp_path_factory):
     return {"boxes": root / "boxes.json", "masks": paths["val"], "images": paths["image_root"]}
 
 
-def _start(args):
+def _start(args, python_flags=(), stderr=subprocess.PIPE):
     """Start the server; return the process and its base URL (read from the line it prints)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
-        [sys.executable, str(TOOL), *args, "--port", "0"],
+        [sys.executable, *python_flags, str(TOOL), *args, "--port", "0"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         env=env,
     )
     line = proc.stdout.readline()
     if "open http" not in line:
         proc.kill()
-        raise AssertionError(f"no URL printed: {line!r} {proc.stderr.read()}")
+        raise AssertionError(f"no URL printed: {line!r} {proc.stderr.read() if proc.stderr else ''}")
     return proc, line.split("open ")[1].split()[0].rstrip("/")
 
 
@@ -160,3 +160,34 @@ def test_cli_usage_errors_merge_report_and_host_warning(boxes, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "bound to 0.0.0.0, not a loopback address" in err
+
+
+def _imported(importtime_log: str) -> set[str]:
+    """The top-level packages a ``python -X importtime`` log (its stderr) shows imported."""
+    return {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in importtime_log.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_a_whole_session_imports_neither_torch_nor_detectron2(boxes, tmp_path):
+    """The tool runs on point_sup_labels alone: a whole session (input loaded, server listening,
+    page, image and an answer served, a clean stop) imports neither torch, Detectron2 nor point_sup
+    (``--help`` is checked in tests/labels/test_package.py)."""
+    log = tmp_path / "importtime.txt"
+    args = ["--images", str(boxes["images"]), "--annotations", str(boxes["boxes"]), "--output"]
+    with log.open("w") as err:
+        proc, base = _start([*args, str(tmp_path / "p.json")], python_flags=["-X", "importtime"], stderr=err)
+        try:
+            state = _state(base)
+            for path in ("/", f"/images/{state['task']['image_id']}"):
+                with urllib.request.urlopen(base + path, timeout=10) as r:
+                    assert r.status == 200
+            assert _answer(base, state, 1)["progress"]["points_done"] == 1
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+    imported = _imported(log.read_text())
+    assert proc.returncode == 0 and "point_sup_labels" in imported
+    assert not {"torch", "detectron2", "point_sup"} & imported, sorted(imported)

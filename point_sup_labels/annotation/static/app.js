@@ -57,7 +57,7 @@ function showProgress(p) {
   const flagged = p.objects_flagged ? ` (${p.objects_flagged} flagged)` : "";
   const rate = p.seconds_per_point_measured
     ? `${p.seconds_per_point.toFixed(2)} s/point`
-    : "0.9 s/point (paper's estimate until you have answered a few)";
+    : `${p.seconds_per_point} s/point (paper's estimate until you have answered a few)`;
   el("progress").innerHTML =
     `objects <b>${p.objects_done}</b>/${p.objects_total}${flagged} · ` +
     `points <b>${p.points_done}</b>/${p.points_total} · ` +

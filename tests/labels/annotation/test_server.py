@@ -56,12 +56,10 @@ def test_page_state_answer_undo_flag(nuclei_boxes, perfect_label, serve, tmp_pat
         status, headers, page = _get(base + "/")
         assert status == 200 and b'src="/static/app.js"' in page
         assert "default-src 'self'" in headers["Content-Security-Policy"]
+        static = Path(__file__).parents[3] / "point_sup_labels/annotation/static"
         for name in ("app.js", "style.css"):
             status, _, body = _get(f"{base}/static/{name}")
-            assert (
-                status == 200
-                and body == (Path(__file__).parents[3] / "point_sup_labels/annotation/static" / name).read_bytes()
-            )
+            assert status == 200 and body == (static / name).read_bytes()
         status, headers, png = _get(base + "/images/1")
         assert status == 200 and headers["Content-Type"] == "image/png"
         assert png == (Path(nuclei_boxes["images"]) / "val_0.png").read_bytes()
@@ -142,19 +140,19 @@ def test_path_traversal_and_unknown_images_are_refused(nuclei_boxes, serve, tmp_
             "/images/../../../../etc/passwd",
             "/images/..%2f..%2f..%2fetc%2fpasswd",
             "/images/%2e%2e/%2e%2e/etc/passwd",
-            "/images/1/../../store.py",
+            "/images/1/../../session.py",
             "/images/val_0.png",
             "/images/unlisted.png",
             "/images/3",
             "/images/-1",
             "/images/99999999999999999999999",
-            "/static/../store.py",
-            "/static/..%2fstore.py",
+            "/static/../session.py",
+            "/static/..%2fsession.py",
             "/static/index.html/../../server.py",
             "/static/",
             "//etc/passwd",
             "/etc/passwd",
-            "/api/../store.py",
+            "/api/../session.py",
         ):
             status, body = _raw(base, path)
             assert status in (403, 404), path

@@ -14,7 +14,8 @@ from point_sup_labels.annotation import (
     journal_path,
     merge_outputs,
 )
-from point_sup_labels.annotation.store import FLAGGED_KEY, META_KEY, plan_tasks
+from point_sup_labels.annotation.output import FLAGGED_KEY, META_KEY
+from point_sup_labels.annotation.tasks import plan_tasks
 from point_sup_labels.coco_format import CocoFormatError, load_coco_instances, validate_coco_instances
 from point_sup_labels.simulate import simulate_point_annotations
 
