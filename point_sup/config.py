@@ -3,13 +3,28 @@
 Key names follow Detectron2's PointSup and PointRend projects wherever the meaning is the same, so
 their YAML files read the same here and both ``add_*_config`` functions can be applied to one config
 (keys that already exist are left as they are).
+
+Two PointRend keys are decided here. ``MODEL.POINT_HEAD.NAME`` is kept and read: it names the point
+head, and each point_sup head accepts only the one it has (:func:`check_point_head_name`) —
+``StandardPointHead`` for PointRend, ``ImplicitPointHead`` for Implicit PointRend, whose configs may
+also leave the key at its (PointRend) default, since that head always builds its generated point
+head. Any other name is a clear error rather than silently ignored. Detectron2's YAML files set it
+(``StandardPointHead`` / ``ImplicitPointHead``) and load unchanged. PointRend's
+``COARSE_SEM_SEG_HEAD_NAME`` is not added: it configures PointRend's semantic segmentation, which
+point_sup has no head for, and no instance-segmentation YAML sets it (``add_pointrend_config`` still
+adds it where both are applied).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_point_sup_config"]
+__all__ = ["POINT_HEAD_NAME_DEFAULT", "add_point_sup_config", "check_point_head_name"]
+
+# MODEL.POINT_HEAD.NAME's default, PointRend's (``add_pointrend_config`` sets the same).
+POINT_HEAD_NAME_DEFAULT = "StandardPointHead"
 
 
 def _set_default(node: CN, key: str, value) -> None:
@@ -36,7 +51,8 @@ def add_point_sup_config(cfg: CN) -> CN:
         FC_DIM, NUM_FC: fully connected layers of the head; OUTPUT_SIDE_RESOLUTION: PointRend's coarse
         mask side (7); IN_FEATURES: features pooled for the head; POINT_HEAD_ON: PointRend's switch.
     MODEL.POINT_HEAD (PointRend and Implicit PointRend point heads; paper §4.3 = PointRend's values)
-        NUM_CLASSES, FC_DIM (256), NUM_FC (3 hidden layers), CLS_AGNOSTIC_MASK, IN_FEATURES (("p2",)),
+        NAME (see the module docstring), NUM_CLASSES, FC_DIM (256), NUM_FC (3 hidden layers),
+        CLS_AGNOSTIC_MASK, IN_FEATURES (("p2",)),
         TRAIN_NUM_POINTS (14², points per RoI when training from masks), OVERSAMPLE_RATIO and
         IMPORTANCE_SAMPLE_RATIO (PointRend's uncertainty sampling when training from masks),
         SUBDIVISION_STEPS and SUBDIVISION_NUM_POINTS (adaptive subdivision at inference; 28² points per
@@ -70,7 +86,7 @@ def add_point_sup_config(cfg: CN) -> CN:
     if "POINT_HEAD" not in cfg.MODEL:
         cfg.MODEL.POINT_HEAD = CN()
     point_head = cfg.MODEL.POINT_HEAD
-    _set_default(point_head, "NAME", "StandardPointHead")
+    _set_default(point_head, "NAME", POINT_HEAD_NAME_DEFAULT)
     _set_default(point_head, "NUM_CLASSES", 80)
     _set_default(point_head, "FC_DIM", 256)
     _set_default(point_head, "NUM_FC", 3)
@@ -82,7 +98,6 @@ def add_point_sup_config(cfg: CN) -> CN:
     _set_default(point_head, "SUBDIVISION_STEPS", 5)
     _set_default(point_head, "SUBDIVISION_NUM_POINTS", 28 * 28)
     _set_default(point_head, "COARSE_PRED_EACH_LAYER", True)
-    _set_default(point_head, "COARSE_SEM_SEG_HEAD_NAME", "SemSegFPNHead")
 
     if "IMPLICIT_POINTREND" not in cfg.MODEL:
         cfg.MODEL.IMPLICIT_POINTREND = CN()
@@ -92,3 +107,16 @@ def add_point_sup_config(cfg: CN) -> CN:
     _set_default(implicit, "PARAMS_L2_REGULARIZER", 1e-5)
     _set_default(implicit, "PARAMS_INIT", "reference")
     return cfg
+
+
+def check_point_head_name(cfg: CN, mask_head: str, point_heads: Sequence[str]) -> None:
+    """ValueError unless ``MODEL.POINT_HEAD.NAME`` is one of ``point_heads``, the names of the point
+    head that the mask head ``mask_head`` builds."""
+    name = cfg.MODEL.POINT_HEAD.NAME
+    if name not in point_heads:
+        raise ValueError(
+            f"MODEL.POINT_HEAD.NAME is {name!r}, but {mask_head} has the point head "
+            f"{' / '.join(map(repr, point_heads))}; set it to that (PointRend: StandardPointHead with "
+            "PointSupPointRendMaskHead; Implicit PointRend: ImplicitPointHead with "
+            "PointSupImplicitPointRendMaskHead)"
+        )

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
 
 from .datasets import POINT_ANNOTATION_KEYS
 
@@ -19,9 +20,18 @@ logger = logging.getLogger(__name__)
 
 def uses_point_head(cfg: CfgNode) -> bool:
     """Whether the mask head has a point head sized by ``MODEL.POINT_HEAD.NUM_CLASSES`` (PointRend,
-    Implicit PointRend)."""
+    Implicit PointRend): Detectron2's ``POINT_HEAD_ON`` switch, or a property of the registered head
+    class — point_sup's heads say so (``uses_point_head = True``, aliases included), and so do the
+    heads of ``detectron2.projects.point_rend``. An unregistered name has none (it cannot be built)."""
     mask_head = cfg.MODEL.ROI_MASK_HEAD
-    return "PointRend" in mask_head.NAME or bool(mask_head.get("POINT_HEAD_ON", False))
+    if mask_head.get("POINT_HEAD_ON", False):
+        return True
+    if mask_head.NAME not in ROI_MASK_HEAD_REGISTRY:
+        return False
+    head = ROI_MASK_HEAD_REGISTRY.get(mask_head.NAME)
+    return bool(getattr(head, "uses_point_head", False)) or head.__module__.startswith(
+        "detectron2.projects.point_rend."
+    )
 
 
 def _sample_annotations(dicts: Sequence[dict], num_samples: int) -> list[tuple[dict, dict, int]]:

@@ -1,6 +1,7 @@
 """Implicit PointRend (paper §4): a per-instance generated point-head MLP as the mask head.
 
-For every RoI a *parameter head* (the architecture of PointRend's coarse mask head) predicts all
+For every RoI a *parameter head* (PointRend's coarse-mask-head architecture, the shared
+:class:`~point_sup.modeling.conv_fc_head.ConvFCHead`) predicts all
 weights and biases of a small *point head* MLP; the point head maps the features of a point to a mask
 logit. The mask is thus represented implicitly by those parameters and can be queried at any point:
 at labelled points for training from P_N annotations, at uniformly sampled points for training from
@@ -50,11 +51,23 @@ Parameter count (COCO, K = 80, p2 with 256 channels, defaults above): ``num_para
 class-agnostic point head): 263,169 generated parameters, 71,174,145 trainable (4.3x fewer). See
 :func:`count_parameters` and ``bench/bench_implicit_point_rend.py``.
 
-Config: ROI_MASK_HEAD.{IN_FEATURES, POOLER_RESOLUTION, CONV_DIM, FC_DIM, NUM_FC}, POINT_HEAD.{NUM_CLASSES,
-IN_FEATURES, FC_DIM, NUM_FC, CLS_AGNOSTIC_MASK, TRAIN_NUM_POINTS, SUBDIVISION_STEPS,
-SUBDIVISION_NUM_POINTS}, IMPLICIT_POINTREND.*, INPUT.POINT_SUP. POINT_HEAD.NAME is not read (the point
-head is always the generated one). Set SUBDIVISION_STEPS to 3 (28 → 224, as the paper and Detectron2's
+Config: ROI_MASK_HEAD.{IN_FEATURES, POOLER_RESOLUTION, CONV_DIM, FC_DIM, NUM_FC}, POINT_HEAD.{NAME,
+NUM_CLASSES, IN_FEATURES, FC_DIM, NUM_FC, CLS_AGNOSTIC_MASK, TRAIN_NUM_POINTS, SUBDIVISION_STEPS,
+SUBDIVISION_NUM_POINTS}, IMPLICIT_POINTREND.*, INPUT.POINT_SUP. POINT_HEAD.NAME must be
+``ImplicitPointHead`` (Detectron2's name for the generated point head) or be left at its default
+(see :mod:`point_sup.config`). Set SUBDIVISION_STEPS to 3 (28 → 224, as the paper and Detectron2's
 Implicit PointRend configs do); the shared default 5 is PointRend's (7 → 224).
+
+``ImplicitPointRendPointSupHead`` is the same head under Detectron2 PointSup's name, so that
+project's ``implicit_pointrend_R_50_FPN_3x_point_sup_point_aug_coco.yaml`` builds here (Detectron2's
+PointSup project, not part of the detectron2 package, registers that name too: import one of the two).
+
+What is Detectron2's: the parameter head is ``detectron2.projects.point_rend``'s ``ConvFCHead``
+(hence the same parameter names under ``param_head.``). The point head and the mask head are not
+subclasses of its ``ImplicitPointHead`` / ``ImplicitPointRendMaskHead``: the point head would lose
+the predicted-class-only evaluation (its forward always computes all K rows), ``split_params`` /
+``initial_params`` (``PARAMS_INIT: shared``) and its buffer name; the mask head would override
+every method (point supervision, zero instances, class-selected subdivision).
 """
 
 from __future__ import annotations
@@ -63,30 +76,26 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 
-import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode, configurable
-from detectron2.layers import Conv2d, ShapeSpec, cat
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from .point_features import (
-    calculate_uncertainty,
-    generate_regular_grid_point_coords,
-    get_point_coords_wrt_image,
-    get_uncertain_point_coords_on_grid,
-    point_sample_fine_grained_features,
-)
-from .point_loss import get_point_targets, mask_labels_at_points, point_bce_loss, select_class_logits
+from ..config import POINT_HEAD_NAME_DEFAULT, check_point_head_name
+from .conv_fc_head import ConvFCHead
+from .point_features import roi_grid_features, sample_named_features
+from .point_loss import cat_gt_classes, get_mask_point_labels, get_point_targets, point_bce_loss
+from .subdivision import adaptive_subdivision
 
 __all__ = [
     "LIGHT_VARIANT_OVERRIDES",
     "POS_ENC_NUM_FREQUENCIES",
     "DynamicPointHead",
-    "ParameterHead",
+    "ImplicitPointRendPointSupHead",
     "PointSupImplicitPointRendMaskHead",
     "convert_from_detectron2_implicit_pointrend",
     "convert_to_detectron2_implicit_pointrend",
@@ -251,49 +260,6 @@ class DynamicPointHead(nn.Module):
         return x
 
 
-class ParameterHead(nn.Module):
-    """PointRend's coarse-mask-head architecture, predicting point-head parameters.
-
-    (R, C, S, S) pooled features → [1x1 conv to ``conv_dim`` + ReLU, only if C > conv_dim] → 2x2
-    stride-2 conv + ReLU → flatten → FC + ReLU (``fc_dims``) → linear to ``num_outputs``.
-    """
-
-    def __init__(self, input_shape: ShapeSpec, *, conv_dim: int, fc_dims: Sequence[int], num_outputs: int):
-        super().__init__()
-        if not fc_dims:
-            raise ValueError("The parameter head needs at least one FC layer (ROI_MASK_HEAD.NUM_FC >= 1)")
-        channels = input_shape.channels
-        self.reduce_channels: Conv2d | None = None
-        if channels > conv_dim:
-            self.reduce_channels = Conv2d(channels, conv_dim, kernel_size=1, activation=F.relu)
-            weight_init.c2_msra_fill(self.reduce_channels)
-        elif channels < conv_dim:
-            # Same rule as PointRend's coarse head: channels are only ever reduced.
-            raise ValueError(f"Pooled features have {channels} channels, fewer than CONV_DIM={conv_dim}")
-        self.reduce_spatial = Conv2d(conv_dim, conv_dim, kernel_size=2, stride=2, activation=F.relu)
-        weight_init.c2_msra_fill(self.reduce_spatial)
-        in_dim = conv_dim * (input_shape.height // 2) * (input_shape.width // 2)
-        self.fcs = nn.ModuleList()
-        for fc_dim in fc_dims:
-            fc = nn.Linear(in_dim, fc_dim)
-            weight_init.c2_xavier_fill(fc)
-            self.fcs.append(fc)
-            in_dim = fc_dim
-        self.predictor = nn.Linear(in_dim, num_outputs)
-        # Small initial parameters: the generated MLP starts near the zero function (logits ≈ 0).
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.constant_(self.predictor.bias, 0.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, C, S, S) pooled features → (R, num_outputs) parameters."""
-        if self.reduce_channels is not None:
-            x = self.reduce_channels(x)
-        x = torch.flatten(self.reduce_spatial(x), start_dim=1)
-        for fc in self.fcs:
-            x = F.relu(fc(x))
-        return self.predictor(x)
-
-
 @ROI_MASK_HEAD_REGISTRY.register()
 class PointSupImplicitPointRendMaskHead(nn.Module):
     """Implicit PointRend mask head, trainable from masks or from P_N points.
@@ -301,6 +267,11 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
     Use with ``ROI_MASK_HEAD.POOLER_TYPE: ""``: StandardROIHeads then passes the feature dict of
     ROI_HEADS.IN_FEATURES and the head pools what it needs itself.
     """
+
+    # Reads MODEL.POINT_HEAD (NUM_CLASSES must equal ROI_HEADS'): see point_sup.data.checks.
+    uses_point_head = True
+    # MODEL.POINT_HEAD.NAME values it accepts: Detectron2's name of its point head, or the default.
+    point_head_names = ("ImplicitPointHead", POINT_HEAD_NAME_DEFAULT)
 
     @configurable
     def __init__(
@@ -321,11 +292,11 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         params_l2_weight: float,
         params_init: str = "reference",
         point_sup: bool,
+        point_loss_normalization: str = "all_points",
+        mask_point_labels: str = "bilinear",
         train_num_points: int,
         subdivision_steps: int,
         subdivision_num_points: int,
-        point_loss_normalization: str = "all_points",
-        mask_point_labels: str = "bilinear",
     ) -> None:
         """
         Args:
@@ -341,10 +312,10 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             params_l2_weight: weight of the L2 loss on generated parameters.
             params_init: "reference" or "shared" (MODEL.IMPLICIT_POINTREND.PARAMS_INIT).
             point_sup: train from ``gt_point_coords``/``gt_point_labels`` instead of ``gt_masks``.
+            point_loss_normalization, mask_point_labels: ``MODEL.POINT_LOSS.*``.
             train_num_points: points per RoI sampled uniformly in the box when training from masks.
             subdivision_steps: adaptive subdivision steps; each doubles the side (3: 28 → 224).
             subdivision_num_points: N points recomputed per step; the initial grid is sqrt(N) a side.
-            point_loss_normalization, mask_point_labels: ``MODEL.POINT_LOSS.*``.
         """
         super().__init__()
         self.param_in_features = tuple(param_in_features)
@@ -378,12 +349,12 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         )
         if params_init not in ("reference", "shared"):
             raise ValueError(f"PARAMS_INIT must be 'reference' or 'shared', got {params_init!r}")
-        self.param_head = ParameterHead(
-            pooled_shape, conv_dim=conv_dim, fc_dims=fc_dims, num_outputs=self.point_head.num_params
+        self.param_head = ConvFCHead(
+            pooled_shape, conv_dim=conv_dim, fc_dims=fc_dims, output_shape=(self.point_head.num_params,)
         )
         if params_init == "shared":  # drawn last: every other initial weight is as with "reference"
             with torch.no_grad():
-                self.param_head.predictor.bias.copy_(self.point_head.initial_params())
+                self.param_head.prediction.bias.copy_(self.point_head.initial_params())
         logger.info(
             "Implicit PointRend: %d generated point-head parameters per instance, %d trainable parameters",
             self.point_head.num_params,
@@ -397,6 +368,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
                 "PointSupImplicitPointRendMaskHead pools its own features: "
                 "set ROI_MASK_HEAD.POOLER_TYPE to ''"
             )
+        check_point_head_name(cfg, cls.__name__, cls.point_head_names)
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         if num_classes != cfg.MODEL.POINT_HEAD.NUM_CLASSES:
             raise ValueError(
@@ -446,20 +418,9 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         Returns:
             (R, num_params).
         """
-        num_boxes = sum(len(b) for b in boxes)
-        reference = features[self.param_in_features[0]]
-        # Bilinear samples at the S x S cell centres of each box = RoIAlign(aligned, sampling_ratio=1),
-        # over all listed levels (PointRend's pooler; with p2 only, no level assignment is needed).
-        grid = generate_regular_grid_point_coords(num_boxes, self.pooler_resolution, reference.device)
-        grid = grid.to(reference.dtype)
-        pooled, _ = point_sample_fine_grained_features(
-            [features[f] for f in self.param_in_features],
-            [self.feature_scales[f] for f in self.param_in_features],
-            boxes,
-            grid,
+        pooled = roi_grid_features(
+            features, self.param_in_features, self.feature_scales, boxes, self.pooler_resolution
         )
-        # Explicit channel count: a -1 cannot be inferred when there is no box.
-        pooled = pooled.reshape(num_boxes, pooled.shape[1], self.pooler_resolution, self.pooler_resolution)
         return self.param_head(pooled)
 
     def point_logits(
@@ -484,11 +445,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         """
         fine_grained = None
         if self.point_head.image_feature_enabled:
-            fine_grained, _ = point_sample_fine_grained_features(
-                [features[f] for f in self.point_in_features],
-                [self.feature_scales[f] for f in self.point_in_features],
-                boxes,
-                point_coords,
+            fine_grained = sample_named_features(
+                features, self.point_in_features, self.feature_scales, boxes, point_coords
             )
         return self.point_head(fine_grained, point_coords, params, classes)
 
@@ -520,14 +478,13 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         else:
             point_coords, point_labels = self._sample_mask_targets(instances, boxes)
         logits = self.point_logits(features, boxes, point_coords, params)
-        if len(instances) and any(len(x) for x in instances):
-            gt_classes = cat([x.gt_classes for x in instances if len(x)])
-        else:
-            gt_classes = torch.zeros(0, dtype=torch.int64, device=params.device)
-        logits = select_class_logits(logits, gt_classes)[:, 0]
         return {
             "loss_mask_point": point_bce_loss(
-                logits, point_labels, self.point_loss_normalization, log_prefix="implicit_point_rend"
+                logits,
+                point_labels,
+                self.point_loss_normalization,
+                log_prefix="implicit_point_rend",
+                classes=cat_gt_classes(instances, params.device),
             ),
             "loss_l2": loss_l2,
         }
@@ -541,31 +498,17 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             point_coords: (R, P, 2) box-relative (u, v); point_labels: (R, P) in [0, 1].
         """
         cat_boxes = Boxes.cat(boxes)
-        R = len(cat_boxes)
         # Uniform sampling (paper §4.2): no importance sampling, there is no coarse mask to use.
-        point_coords = torch.rand(R, self.train_num_points, 2, device=cat_boxes.device)
-        labels = []
+        point_coords = torch.rand(len(cat_boxes), self.train_num_points, 2, device=cat_boxes.device)
         with torch.no_grad():
-            start = 0
-            for inst in instances:
-                n = len(inst)
-                if n == 0:
-                    continue
-                coords = get_point_coords_wrt_image(
-                    inst.proposal_boxes.tensor, point_coords[start : start + n]
-                )
-                labels.append(
-                    mask_labels_at_points(inst.gt_masks, coords, inst.image_size, self.mask_point_labels)
-                )
-                start += n
-        point_labels = torch.cat(labels) if labels else point_coords.new_zeros((0, self.train_num_points))
+            point_labels = get_mask_point_labels(instances, point_coords, self.mask_point_labels)
         return point_coords, point_labels
 
     def _forward_inference(
         self, features: Mapping[str, torch.Tensor], instances: list[Instances]
     ) -> list[Instances]:
         boxes = [x.pred_boxes for x in instances]
-        classes = cat([x.pred_classes for x in instances])
+        classes = torch.cat([x.pred_classes for x in instances])
         params = self.predict_params(features, boxes)
         mask_logits = self.subdivision_inference(features, boxes, params, classes)
         # Sigmoid of the (already class-selected) logits into pred_masks, split per image.
@@ -579,8 +522,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         params: torch.Tensor,
         classes: torch.Tensor,
     ) -> torch.Tensor:
-        """Adaptive subdivision (paper §4.2): a sqrt(N)² grid, then ``steps`` x (2x bilinear
-        upsampling, recompute the N most uncertain cells with the point head).
+        """Adaptive subdivision (paper §4.2) from a sqrt(N)² grid, evaluating only each instance's
+        class row of the point head.
 
         Args:
             features: feature maps; boxes: N Boxes, R in total; params: (R, num_params);
@@ -590,24 +533,21 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             (R, 1, M, M) logits of each instance's class, M = :attr:`output_resolution`, cell
             ``(row, col)`` centred at box-relative ``((col + 0.5) / M, (row + 0.5) / M)``.
         """
-        R = params.shape[0]
-        side = self.init_resolution
-        if R == 0:
-            M = self.output_resolution
-            return params.new_zeros((0, 1, M, M))
-        grid = generate_regular_grid_point_coords(R, side, params.device).to(params.dtype)
-        mask_logits = self.point_logits(features, boxes, grid, params, classes).reshape(R, 1, side, side)
-        for _ in range(self.subdivision_steps):
-            mask_logits = F.interpolate(mask_logits, scale_factor=2, mode="bilinear", align_corners=False)
-            point_indices, point_coords = get_uncertain_point_coords_on_grid(
-                calculate_uncertainty(mask_logits), self.subdivision_num_points
-            )
-            point_logits = self.point_logits(features, boxes, point_coords.to(params.dtype), params, classes)
-            _, _, H, W = mask_logits.shape
-            mask_logits = (
-                mask_logits.reshape(R, 1, H * W).scatter(2, point_indices.unsqueeze(1), point_logits)
-            ).view(R, 1, H, W)
-        return mask_logits
+        return adaptive_subdivision(
+            lambda point_coords: self.point_logits(features, boxes, point_coords, params, classes),
+            params.shape[0],
+            self.init_resolution,
+            self.subdivision_steps,
+            self.subdivision_num_points,
+            params.device,
+            params.dtype,
+        )
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class ImplicitPointRendPointSupHead(PointSupImplicitPointRendMaskHead):
+    """:class:`PointSupImplicitPointRendMaskHead` under Detectron2 PointSup's head name (see the
+    module docstring); its YAML file sets ``INPUT.POINT_SUP: True``, which this head reads."""
 
 
 # ---------------------------------------------------------------------- counting and conversion
@@ -620,7 +560,7 @@ def count_parameters(head: nn.Module) -> dict[str, int]:
         of the prediction layer (weights + biases); and ``num_params`` of the generated MLP.
     """
     assert isinstance(head, PointSupImplicitPointRendMaskHead)
-    prediction = sum(p.numel() for p in head.param_head.predictor.parameters())
+    prediction = sum(p.numel() for p in head.param_head.prediction.parameters())
     total = sum(p.numel() for p in head.parameters() if p.requires_grad)
     return {
         "total": total,
@@ -630,47 +570,19 @@ def count_parameters(head: nn.Module) -> dict[str, int]:
     }
 
 
-# (ours, Detectron2's) module-name pairs below a mask-head prefix.
+# (ours, Detectron2's) name pairs: the parameter head has Detectron2's ConvFCHead names below it.
 _NAME_PAIRS = (
-    ("param_head.reduce_channels.", "parameter_head.reduce_channel_dim_conv."),
-    ("param_head.reduce_spatial.", "parameter_head.reduce_spatial_dim_conv."),
-    ("param_head.predictor.", "parameter_head.prediction."),
+    ("param_head.", "parameter_head."),
     ("point_head.pos_enc_gaussian", "point_head.positional_encoding_gaussian_matrix"),
 )
 
 
-def _rename(state_dict: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]], rename_fc) -> dict:
+def _rename(state_dict: Mapping[str, torch.Tensor], pairs: Sequence[tuple[str, str]]) -> dict:
     out = {}
     for key, value in state_dict.items():
-        for src, dst in pairs:
-            if src in key:
-                out[key.replace(src, dst)] = value
-                break
-        else:
-            out[rename_fc(key)] = value
+        new = next((key.replace(src, dst, 1) for src, dst in pairs if src in key), key)
+        out[new] = value
     return out
-
-
-def _fc_ours_to_d2(key: str) -> str:
-    # param_head.fcs.{k}. → parameter_head.fc{k+1}.
-    marker = "param_head.fcs."
-    if marker not in key:
-        return key
-    head, tail = key.split(marker, 1)
-    index, rest = tail.split(".", 1)
-    return f"{head}parameter_head.fc{int(index) + 1}.{rest}"
-
-
-def _fc_d2_to_ours(key: str) -> str:
-    # parameter_head.fc{k}. → param_head.fcs.{k-1}.
-    marker = "parameter_head.fc"
-    if marker not in key:
-        return key
-    head, tail = key.split(marker, 1)
-    index, rest = tail.split(".", 1)
-    if not index.isdigit():
-        return key
-    return f"{head}param_head.fcs.{int(index) - 1}.{rest}"
 
 
 def convert_from_detectron2_implicit_pointrend(state_dict: Mapping[str, torch.Tensor]) -> dict:
@@ -680,9 +592,13 @@ def convert_from_detectron2_implicit_pointrend(state_dict: Mapping[str, torch.Te
     other key, and every tensor, is kept as is: both heads use the same parameter-vector layout and
     the same positional-encoding matrix shape, so the weights need no reshaping.
     """
-    return _rename(state_dict, [(d2, ours) for ours, d2 in _NAME_PAIRS], _fc_d2_to_ours)
+    return _rename(state_dict, [(d2, ours) for ours, d2 in _NAME_PAIRS])
 
 
 def convert_to_detectron2_implicit_pointrend(state_dict: Mapping[str, torch.Tensor]) -> dict:
-    """Our state dict (or a whole model's) → Detectron2's ``ImplicitPointRendMaskHead`` names."""
-    return _rename(state_dict, _NAME_PAIRS, _fc_ours_to_d2)
+    """Our state dict (or a whole model's) → Detectron2's ``ImplicitPointRendMaskHead`` names.
+
+    Expects the current names; a checkpoint with point_sup's former parameter-head names loads into
+    the head first (:class:`~point_sup.modeling.conv_fc_head.ConvFCHead` renames them).
+    """
+    return _rename(state_dict, _NAME_PAIRS)

@@ -3,10 +3,16 @@
 The architecture is Detectron2's unchanged: a 28x28 class-specific (or class-agnostic) RoI
 prediction aligned with the proposal box. With ``INPUT.POINT_SUP`` the mask loss is computed at the
 P_N labelled points instead of on a grid of mask labels: the 28x28 logits are interpolated
-bilinearly at each point's box-relative coordinates (:func:`roi_grid_point_loss`), points outside
+bilinearly at each point's box-relative coordinates
+(:func:`~point_sup.modeling.point_loss.roi_grid_point_loss`), points outside
 the proposal box are ignored, and the point BCE is normalised as ``MODEL.POINT_LOSS.NORMALIZATION``
 says (Detectron2's PointSup by default: divided by all labelled points). Gradients therefore reach
 only the (at most four) cells around each labelled in-box point.
+
+``MaskRCNNConvUpsamplePointSupHead`` is the same head under Detectron2 PointSup's name, so that
+project's YAML files (``mask_rcnn_R_50_FPN_3x_point_sup*_coco.yaml``) build here. Detectron2's
+PointSup project registers that name too: it is not part of the detectron2 package, and importing
+both it and point_sup fails with the registry's "already registered" error; use one of the two.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import (
     ROI_MASK_HEAD_REGISTRY,
     MaskRCNNConvUpsampleHead,
@@ -24,50 +30,12 @@ from detectron2.modeling.roi_heads.mask_head import (
 )
 from detectron2.structures import Instances
 
-from .point_features import point_sample
-from .point_loss import get_point_targets, point_bce_loss, select_class_logits
+from .point_loss import roi_grid_point_loss
 
-__all__ = ["PointSupMaskRCNNConvUpsampleHead", "roi_grid_point_loss"]
+# roi_grid_point_loss lives in point_loss (shared with PointRend); re-exported for existing imports.
+__all__ = ["MaskRCNNConvUpsamplePointSupHead", "PointSupMaskRCNNConvUpsampleHead", "roi_grid_point_loss"]
 
 logger = logging.getLogger(__name__)
-
-
-def roi_grid_point_loss(
-    mask_logits: torch.Tensor,
-    instances: list[Instances],
-    log_prefix: str = "",
-    point_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
-    normalization: str = "all_points",
-) -> torch.Tensor:
-    """Point BCE of an RoI-grid mask prediction at the labelled points of its proposals.
-
-    Args:
-        mask_logits: (R, C, M, M) or (R, 1, M, M) logits on an M x M grid aligned with each
-            proposal box (Mask R-CNN's 28x28, PointRend's 7x7 coarse prediction); R = total number
-            of proposals, in the order of ``instances``.
-        instances: per image, the R_i foreground proposals with ``proposal_boxes``, ``gt_classes``,
-            ``gt_point_coords`` (R_i, P_i, 2) image coordinates and ``gt_point_labels`` (R_i, P_i).
-        log_prefix: storage prefix for point accuracy / valid fraction (see :func:`point_bce_loss`).
-        point_targets: ``get_point_targets(instances)`` if the caller has it already.
-        normalization: of the point BCE (see :func:`~point_sup.modeling.point_loss.point_bce_loss`).
-
-    Returns:
-        Scalar loss; ``0 * mask_logits.sum()`` when there is no proposal or no valid point, so the
-        graph is kept.
-    """
-    if mask_logits.shape[0] == 0:
-        return mask_logits.sum() * 0.0
-    point_coords, point_labels = point_targets if point_targets is not None else get_point_targets(instances)
-    if point_labels.numel() == 0:
-        return mask_logits.sum() * 0.0
-    gt_classes = cat([inst.gt_classes for inst in instances if len(inst) > 0]).to(torch.int64)
-    # Select the class channel before interpolating: one channel to sample instead of C.
-    class_logits = select_class_logits(mask_logits, gt_classes)
-    # Box-relative (u, v) are the normalized coordinates of a box-aligned grid (point_features doc).
-    point_logits = point_sample(class_logits, point_coords.to(class_logits.dtype)).squeeze(1)
-    return point_bce_loss(
-        point_logits, point_labels.to(point_logits.device), normalization=normalization, log_prefix=log_prefix
-    )
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -128,3 +96,9 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
             return {"loss_mask": loss * self.loss_weight}
         mask_rcnn_inference(x, instances)
         return instances
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class MaskRCNNConvUpsamplePointSupHead(PointSupMaskRCNNConvUpsampleHead):
+    """:class:`PointSupMaskRCNNConvUpsampleHead` under Detectron2 PointSup's head name (see the
+    module docstring); its YAML files set ``INPUT.POINT_SUP: True``, which this head reads."""

@@ -16,7 +16,7 @@ Coordinate conventions used throughout point_sup:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,8 @@ __all__ = [
     "get_uncertain_point_coords_with_randomness",
     "point_sample",
     "point_sample_fine_grained_features",
+    "roi_grid_features",
+    "sample_named_features",
 ]
 
 
@@ -138,6 +140,60 @@ def point_sample_fine_grained_features(
         empty = point_coords.new_zeros((0, channels, point_coords.shape[1]))
         return empty, point_coords_wrt_image
     return torch.cat(features_per_image, dim=0), point_coords_wrt_image
+
+
+def sample_named_features(
+    features: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    feature_scales: Mapping[str, float],
+    boxes: Sequence[Boxes],
+    point_coords: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`point_sample_fine_grained_features` of the maps ``names`` of a feature dict.
+
+    Args:
+        features: image-level maps by name, each (N, C_l, H_l, W_l).
+        names: the L maps to sample, concatenated over channels in this order.
+        feature_scales: 1 / stride of every map by name.
+        boxes: N :class:`Boxes` (image coordinates), R in total.
+        point_coords: (R, P, 2) box-relative (u, v).
+
+    Returns:
+        (R, sum_l C_l, P) features at the points.
+    """
+    sampled, _ = point_sample_fine_grained_features(
+        [features[n] for n in names], [feature_scales[n] for n in names], boxes, point_coords
+    )
+    return sampled
+
+
+def roi_grid_features(
+    features: Mapping[str, torch.Tensor],
+    names: Sequence[str],
+    feature_scales: Mapping[str, float],
+    boxes: Sequence[Boxes],
+    side: int,
+) -> torch.Tensor:
+    """RoI features on a regular ``side x side`` grid over each box: PointRend's RoI pooler.
+
+    Sampling every map at the grid's cell centres equals RoIAlign(aligned=True, sampling_ratio=1)
+    per level; the levels are concatenated instead of assigning each box one level (the same with a
+    single level such as p2).
+
+    Args:
+        features, names, feature_scales, boxes: as for :func:`sample_named_features`.
+        side: S, cells per grid side (ROI_MASK_HEAD.POOLER_RESOLUTION).
+
+    Returns:
+        (R, sum_l C_l, S, S); cell ``(row, col)`` is sampled at box-relative
+        ``((col + 0.5) / S, (row + 0.5) / S)``, in the dtype of the first map.
+    """
+    num_boxes = sum(len(b) for b in boxes)
+    reference = features[names[0]]
+    grid = generate_regular_grid_point_coords(num_boxes, side, reference.device).to(reference.dtype)
+    sampled = sample_named_features(features, names, feature_scales, boxes, grid)
+    # Explicit channel count: a -1 cannot be inferred when there is no box.
+    return sampled.reshape(num_boxes, sampled.shape[1], side, side)
 
 
 def calculate_uncertainty(logits: torch.Tensor) -> torch.Tensor:

@@ -30,20 +30,24 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from detectron2.layers import cat
 from detectron2.structures import BitMasks, Instances, PolygonMasks
 from detectron2.utils.events import get_event_storage
 
 from ..data.dataset_mapper import IGNORE_LABEL, PADDING_LABEL
-from .point_features import get_point_coords_wrt_box, point_sample
+from .point_features import get_point_coords_wrt_box, get_point_coords_wrt_image, point_sample
 
 __all__ = [
     "IGNORE_LABEL",
     "MASK_POINT_LABELS",
     "NORMALIZATIONS",
     "PADDING_LABEL",
+    "cat_gt_classes",
+    "get_mask_point_labels",
     "get_point_targets",
     "mask_labels_at_points",
     "point_bce_loss",
+    "roi_grid_point_loss",
     "select_class_logits",
 ]
 
@@ -81,6 +85,22 @@ def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, tor
     coords = [F.pad(c, (0, 0, 0, num_points - c.shape[1])) for c in coords]
     labels = [F.pad(lab, (0, num_points - lab.shape[1]), value=PADDING_LABEL) for lab in labels]
     return torch.cat(coords), torch.cat(labels)
+
+
+def cat_gt_classes(instances: Sequence[Instances], device: torch.device | str | None = None) -> torch.Tensor:
+    """The ground-truth classes of all proposals, in the order of ``instances``.
+
+    Args:
+        instances: per image, R_i proposals with ``gt_classes`` (R_i,).
+        device: of the empty result when there is no proposal (default: CPU).
+
+    Returns:
+        (R,) int64, R = sum R_i.
+    """
+    classes = [inst.gt_classes for inst in instances if len(inst) > 0]
+    if not classes:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    return cat(classes).to(torch.int64)
 
 
 def mask_labels_at_points(
@@ -128,6 +148,32 @@ def mask_labels_at_points(
     return values * inside
 
 
+def get_mask_point_labels(
+    instances: Sequence[Instances], point_coords: torch.Tensor, mode: str = "bilinear"
+) -> torch.Tensor:
+    """Labels, from the ground-truth masks, of box-relative points of training proposals.
+
+    Args:
+        instances: per image, R_i proposals with ``proposal_boxes`` and ``gt_masks``.
+        point_coords: (R, P, 2) box-relative (u, v) of the R = sum R_i proposals, in order.
+        mode: ``MODEL.POINT_LOSS.MASK_POINT_LABELS`` (see :func:`mask_labels_at_points`).
+
+    Returns:
+        (R, P) float32 labels in [0, 1].
+    """
+    labels, start = [], 0
+    for inst in instances:
+        n = len(inst)
+        if n == 0:
+            continue
+        coords = get_point_coords_wrt_image(inst.proposal_boxes.tensor, point_coords[start : start + n])
+        labels.append(mask_labels_at_points(inst.gt_masks, coords, inst.image_size, mode))
+        start += n
+    if not labels:
+        return point_coords.new_zeros(point_coords.shape[:2])
+    return torch.cat(labels)
+
+
 def select_class_logits(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """The channel of each instance's class, or the only channel of a class-agnostic prediction.
 
@@ -148,16 +194,19 @@ def point_bce_loss(
     point_labels: torch.Tensor,
     normalization: str = "all_points",
     log_prefix: str = "",
+    classes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Binary cross-entropy at labelled points, normalised as the module docstring says.
 
     Args:
-        point_logits: (R, P) logits at the labelled points.
+        point_logits: (R, P) logits at the labelled points; with ``classes``, (R, C, P) or
+            (R, 1, P) logits of which each instance's class channel is used.
         point_labels: (R, P) float targets in [0, 1]; -1 = ignore, -2 = padding.
         normalization: ``"all_points"`` (Detectron2's: divide by the number of labelled points,
             ignored ones included) or ``"valid_points"`` (divide by the number of supervised ones).
         log_prefix: if given and an event storage is active, the point accuracy and the fraction
             of valid points are logged under ``{log_prefix}/...``.
+        classes: optional (R,) int64 classes (see :func:`select_class_logits`).
 
     Returns:
         A scalar. With no valid point it is ``0 * point_logits.sum()``, so the graph (and DDP's
@@ -167,6 +216,8 @@ def point_bce_loss(
         raise ValueError(
             f"MODEL.POINT_LOSS.NORMALIZATION must be one of {NORMALIZATIONS}, got {normalization!r}"
         )
+    if classes is not None:
+        point_logits = select_class_logits(point_logits, classes)[:, 0]
     valid = point_labels >= 0
     if log_prefix:
         _log_point_stats(point_logits, point_labels, valid, log_prefix)
@@ -187,3 +238,40 @@ def _log_point_stats(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Te
     storage.put_scalar(f"{prefix}/accuracy", float(correct.sum()) / max(num_valid, 1))
     num_points = int((labels != PADDING_LABEL).sum())
     storage.put_scalar(f"{prefix}/valid_point_fraction", num_valid / max(num_points, 1))
+
+
+def roi_grid_point_loss(
+    mask_logits: torch.Tensor,
+    instances: Sequence[Instances],
+    log_prefix: str = "",
+    point_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    normalization: str = "all_points",
+) -> torch.Tensor:
+    """Point BCE of an RoI-grid mask prediction at the labelled points of its proposals.
+
+    Args:
+        mask_logits: (R, C, M, M) or (R, 1, M, M) logits on an M x M grid aligned with each
+            proposal box (Mask R-CNN's 28x28, PointRend's 7x7 coarse prediction); R = total number
+            of proposals, in the order of ``instances``.
+        instances: per image, the R_i foreground proposals with ``proposal_boxes``, ``gt_classes``,
+            ``gt_point_coords`` (R_i, P_i, 2) image coordinates and ``gt_point_labels`` (R_i, P_i).
+        log_prefix: storage prefix for point accuracy / valid fraction (see :func:`point_bce_loss`).
+        point_targets: ``get_point_targets(instances)`` if the caller has it already.
+        normalization: of the point BCE (see :func:`point_bce_loss`).
+
+    Returns:
+        Scalar loss; ``0 * mask_logits.sum()`` when there is no proposal or no valid point, so the
+        graph is kept.
+    """
+    if mask_logits.shape[0] == 0:
+        return mask_logits.sum() * 0.0
+    point_coords, point_labels = point_targets if point_targets is not None else get_point_targets(instances)
+    if point_labels.numel() == 0:
+        return mask_logits.sum() * 0.0
+    # Select the class channel before interpolating: one channel to sample instead of C.
+    class_logits = select_class_logits(mask_logits, cat_gt_classes(instances))
+    # Box-relative (u, v) are the normalized coordinates of a box-aligned grid (point_features doc).
+    point_logits = point_sample(class_logits, point_coords.to(class_logits.dtype)).squeeze(1)
+    return point_bce_loss(
+        point_logits, point_labels.to(point_logits.device), normalization=normalization, log_prefix=log_prefix
+    )

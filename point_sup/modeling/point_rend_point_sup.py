@@ -2,10 +2,11 @@
 
 Architecture and hyper-parameters are PointRend's (Kirillov et al., CVPR 2020), written here:
 
-* **Coarse head** (:class:`PointSupCoarseMaskHead`): RoI features of ``ROI_MASK_HEAD.IN_FEATURES``
-  sampled on a ``POOLER_RESOLUTION`` (14) grid over the box, a 1x1 conv down to ``CONV_DIM``
-  channels (only if there are more), a 2x2 stride-2 conv, ``NUM_FC`` (2) FC layers of ``FC_DIM``
-  (1024), and a linear prediction of ``OUTPUT_SIDE_RESOLUTION``² (7x7) logits per class.
+* **Coarse head** (:class:`~point_sup.modeling.conv_fc_head.ConvFCHead`, Detectron2's): RoI
+  features of ``ROI_MASK_HEAD.IN_FEATURES`` sampled on a ``POOLER_RESOLUTION`` (14) grid over the
+  box (:func:`~point_sup.modeling.point_features.roi_grid_features`), a 1x1 conv down to
+  ``CONV_DIM`` channels (only if there are more), a 2x2 stride-2 conv, ``NUM_FC`` (2) FC layers of
+  ``FC_DIM`` (1024), and a linear prediction of ``OUTPUT_SIDE_RESOLUTION``² (7x7) logits per class.
 * **Point head** (:class:`PointSupPointHead`): an MLP (1x1 Conv1d) over the fine-grained
   ``POINT_HEAD.IN_FEATURES`` (p2) features at a point concatenated with the coarse prediction
   interpolated there; ``NUM_FC`` (3) layers of ``FC_DIM`` (256), coarse prediction appended to
@@ -17,10 +18,21 @@ evaluated at the same labelled points. Training from masks: PointRend's recipe (
 of the coarse logits at 7x7; the point head at ``TRAIN_NUM_POINTS`` importance-sampled points
 labelled from the masks, bilinearly by default: ``MODEL.POINT_LOSS.MASK_POINT_LABELS``). Both
 point BCEs are normalised as ``MODEL.POINT_LOSS.NORMALIZATION`` says. Inference: adaptive
-subdivision from the coarse prediction.
+subdivision (:func:`~point_sup.modeling.subdivision.adaptive_subdivision`) from the coarse
+prediction, evaluating only the predicted class.
 
 The head must be used with ``ROI_MASK_HEAD.POOLER_TYPE: ""`` so that ``StandardROIHeads`` hands it
-the feature dict of ``ROI_HEADS.IN_FEATURES`` instead of pooled features.
+the feature dict of ``ROI_HEADS.IN_FEATURES`` instead of pooled features. ``MODEL.POINT_HEAD.NAME``
+must be ``StandardPointHead`` (the default), the point head it has.
+
+What is Detectron2's and what is not: the coarse head is ``detectron2.projects.point_rend``'s
+``ConvFCHead``. The point head is written here rather than taken from its ``StandardPointHead``
+because that class sizes the coarse-prediction input by the point head's own class count
+(``POINT_HEAD.CLS_AGNOSTIC_MASK``), whereas here it follows the coarse head
+(``ROI_MASK_HEAD.CLS_AGNOSTIC_MASK``), so either may be class-agnostic alone. The mask head is not a
+``PointRendMaskHead`` subclass: that one always subdivides all C classes (C times the memory at
+224²), fails on zero detections in training, and has no point supervision, i.e. every method would
+be overridden.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.layers import Conv2d, ShapeSpec, cat
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import (
     ROI_MASK_HEAD_REGISTRY,
     mask_rcnn_inference,
@@ -41,88 +53,28 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from .mask_rcnn_point_sup import roi_grid_point_loss
+from ..config import check_point_head_name
+from .conv_fc_head import ConvFCHead
 from .point_features import (
     calculate_uncertainty,
-    generate_regular_grid_point_coords,
-    get_point_coords_wrt_image,
-    get_uncertain_point_coords_on_grid,
     get_uncertain_point_coords_with_randomness,
     point_sample,
-    point_sample_fine_grained_features,
+    roi_grid_features,
+    sample_named_features,
 )
-from .point_loss import get_point_targets, mask_labels_at_points, point_bce_loss, select_class_logits
+from .point_loss import (
+    cat_gt_classes,
+    get_mask_point_labels,
+    get_point_targets,
+    point_bce_loss,
+    roi_grid_point_loss,
+    select_class_logits,
+)
+from .subdivision import adaptive_subdivision, skip_full_steps
 
-__all__ = ["PointSupCoarseMaskHead", "PointSupPointHead", "PointSupPointRendMaskHead"]
+__all__ = ["PointSupPointHead", "PointSupPointRendMaskHead"]
 
 logger = logging.getLogger(__name__)
-
-
-class PointSupCoarseMaskHead(nn.Module):
-    """PointRend's coarse mask head: convs then FC layers predicting a low-resolution RoI mask."""
-
-    @configurable
-    def __init__(
-        self,
-        input_shape: ShapeSpec,
-        *,
-        conv_dim: int,
-        fc_dims: Sequence[int],
-        num_classes: int,
-        output_side: int,
-    ):
-        """
-        Args:
-            input_shape: channels and (even) side of the pooled RoI features.
-            conv_dim: channels after the optional 1x1 reduction and of the 2x2 stride-2 conv.
-            fc_dims: output sizes of the hidden FC layers (>= 1).
-            num_classes: prediction channels (1 = class-agnostic).
-            output_side: side of the predicted mask (7).
-        """
-        super().__init__()
-        assert len(fc_dims) >= 1, "the coarse head needs at least one FC layer"
-        self.num_classes = num_classes
-        self.output_side = output_side
-        convs: list[nn.Module] = []
-        channels = input_shape.channels
-        if channels > conv_dim:  # PointRend reduces only when it would otherwise widen the FC input
-            convs.append(Conv2d(channels, conv_dim, kernel_size=1, activation=F.relu))
-            channels = conv_dim
-        convs.append(Conv2d(channels, conv_dim, kernel_size=2, stride=2, activation=F.relu))
-        self.convs = nn.Sequential(*convs)
-        in_dim = conv_dim * (input_shape.height // 2) * (input_shape.width // 2)
-        fcs = []
-        for fc_dim in fc_dims:
-            fcs.append(nn.Linear(in_dim, fc_dim))
-            in_dim = fc_dim
-        self.fcs = nn.ModuleList(fcs)
-        self.prediction = nn.Linear(in_dim, num_classes * output_side * output_side)
-
-        for conv in self.convs:
-            weight_init.c2_msra_fill(conv)
-        for fc in self.fcs:
-            weight_init.c2_xavier_fill(fc)
-        # Near-zero initial logits, as for Mask R-CNN's predictor: start from p = 0.5 everywhere.
-        nn.init.normal_(self.prediction.weight, std=0.001)
-        nn.init.constant_(self.prediction.bias, 0.0)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
-        head = cfg.MODEL.ROI_MASK_HEAD
-        return {
-            "input_shape": input_shape,
-            "conv_dim": head.CONV_DIM,
-            "fc_dims": [head.FC_DIM] * head.NUM_FC,
-            "num_classes": 1 if head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            "output_side": head.OUTPUT_SIDE_RESOLUTION,
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, C_in, S, S) RoI features -> (R, num_classes, side, side) coarse logits."""
-        x = torch.flatten(self.convs(x), start_dim=1)
-        for fc in self.fcs:
-            x = F.relu(fc(x))
-        return self.prediction(x).view(-1, self.num_classes, self.output_side, self.output_side)
 
 
 class PointSupPointHead(nn.Module):
@@ -198,12 +150,17 @@ class PointSupPointRendMaskHead(nn.Module):
     Expects the feature dict of ``StandardROIHeads`` with ``ROI_MASK_HEAD.POOLER_TYPE: ""``.
     """
 
+    # Reads MODEL.POINT_HEAD (NUM_CLASSES must equal ROI_HEADS'): see point_sup.data.checks.
+    uses_point_head = True
+    # The values of MODEL.POINT_HEAD.NAME it accepts (point_sup.config.check_point_head_name).
+    point_head_names = ("StandardPointHead",)
+
     @configurable
     def __init__(
         self,
         input_shape: dict[str, ShapeSpec],
         *,
-        coarse_head: PointSupCoarseMaskHead,
+        coarse_head: ConvFCHead,
         coarse_in_features: Sequence[str],
         pooler_resolution: int,
         point_head: PointSupPointHead | None,
@@ -220,7 +177,8 @@ class PointSupPointRendMaskHead(nn.Module):
         """
         Args:
             input_shape: shapes (stride, channels) of the image-level features handed in.
-            coarse_head: built for ``pooler_resolution``² RoI features of ``coarse_in_features``.
+            coarse_head: built for ``pooler_resolution``² RoI features of ``coarse_in_features``,
+                predicting (K, S, S) coarse logits (``output_shape``).
             coarse_in_features: features pooled (concatenated over levels) for the coarse head.
             pooler_resolution: side of the regular grid of RoI feature samples (14).
             point_head: the point head, or None for the coarse head alone (POINT_HEAD_ON off).
@@ -249,14 +207,9 @@ class PointSupPointRendMaskHead(nn.Module):
         self.train_num_points = train_num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
-        # Skip subdivision steps that would re-predict every cell anyway: when the upsampled grid has
-        # no more cells than points per step, start from the finer grid directly (as PointRend does).
-        init_side, steps = coarse_head.output_side, subdivision_steps
-        while steps > 0 and 4 * init_side * init_side <= subdivision_num_points:
-            init_side *= 2
-            steps -= 1
-        self.subdivision_init_side = init_side
-        self.subdivision_steps = steps
+        self.subdivision_init_side, self.subdivision_steps = skip_full_steps(
+            coarse_head.output_shape[-1], subdivision_steps, subdivision_num_points
+        )
         self.subdivision_num_points = subdivision_num_points
         self.point_loss_normalization = point_loss_normalization
         self.mask_point_labels = mask_point_labels
@@ -272,21 +225,25 @@ class PointSupPointRendMaskHead(nn.Module):
         coarse_in = tuple(mask_head.IN_FEATURES)
         resolution = mask_head.POOLER_RESOLUTION
         coarse_channels = sum(input_shape[f].channels for f in coarse_in if f in input_shape)
-        coarse_head = PointSupCoarseMaskHead(
-            cfg, ShapeSpec(channels=coarse_channels, height=resolution, width=resolution)
+        num_coarse = 1 if mask_head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        side = mask_head.OUTPUT_SIDE_RESOLUTION
+        coarse_head = ConvFCHead(
+            ShapeSpec(channels=coarse_channels, height=resolution, width=resolution),
+            conv_dim=mask_head.CONV_DIM,
+            fc_dims=[mask_head.FC_DIM] * mask_head.NUM_FC,
+            output_shape=(num_coarse, side, side),
         )
         point_head = None
         point_in = tuple(point_cfg.IN_FEATURES)
         if mask_head.POINT_HEAD_ON:
+            check_point_head_name(cfg, cls.__name__, cls.point_head_names)
             if not point_cfg.CLS_AGNOSTIC_MASK and point_cfg.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
                 raise ValueError(
                     f"MODEL.POINT_HEAD.NUM_CLASSES ({point_cfg.NUM_CLASSES}) must equal "
                     f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})"
                 )
             fine_channels = sum(input_shape[f].channels for f in point_in if f in input_shape)
-            point_head = PointSupPointHead(
-                cfg, fine_channels=fine_channels, coarse_channels=coarse_head.num_classes
-            )
+            point_head = PointSupPointHead(cfg, fine_channels=fine_channels, coarse_channels=num_coarse)
         return {
             "input_shape": input_shape,
             "coarse_head": coarse_head,
@@ -331,28 +288,9 @@ class PointSupPointRendMaskHead(nn.Module):
         return self._subdivision_inference(features, coarse, instances)
 
     def _roi_features(self, features: dict[str, torch.Tensor], boxes: list[Boxes]) -> torch.Tensor:
-        """(R, C, S, S) features at the S x S cell centres of each box (S = pooler_resolution).
-
-        Sampling every level at the grid centres equals RoIAlign(aligned, sampling_ratio=1) per
-        level; PointRend concatenates the levels instead of assigning each box one level.
-        """
-        num_boxes = sum(len(b) for b in boxes)
-        side = self.pooler_resolution
-        device = next(iter(features.values())).device
-        grid = generate_regular_grid_point_coords(num_boxes, side, device)
-        sampled, _ = self._fine_features(features, self.coarse_in_features, boxes, grid)
-        return sampled.view(num_boxes, sampled.shape[1], side, side)
-
-    def _fine_features(
-        self,
-        features: dict[str, torch.Tensor],
-        names: Sequence[str],
-        boxes: list[Boxes],
-        point_coords: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(R, C, P) features of ``names`` at box-relative ``point_coords`` (R, P, 2)."""
-        return point_sample_fine_grained_features(
-            [features[n] for n in names], [self.feature_scales[n] for n in names], boxes, point_coords
+        """(R, C, S, S) features at the S x S cell centres of each box (S = pooler_resolution)."""
+        return roi_grid_features(
+            features, self.coarse_in_features, self.feature_scales, boxes, self.pooler_resolution
         )
 
     def _point_logits(
@@ -362,9 +300,20 @@ class PointSupPointRendMaskHead(nn.Module):
         point_coords: torch.Tensor,
         coarse: torch.Tensor,
     ) -> torch.Tensor:
-        """(R, C_point, P) point-head logits at box-relative ``point_coords`` (R, P, 2)."""
+        """Point-head logits at points.
+
+        Args:
+            features: image-level maps by name; boxes: N Boxes, R in total (image coordinates).
+            point_coords: (R, P, 2) box-relative (u, v).
+            coarse: (R, K, S, S) coarse logits, box-aligned (so sampled at the same (u, v)).
+
+        Returns:
+            (R, C_point, P) logits.
+        """
         assert self.point_head is not None
-        fine, _ = self._fine_features(features, self.point_in_features, boxes, point_coords)
+        fine = sample_named_features(
+            features, self.point_in_features, self.feature_scales, boxes, point_coords
+        )
         return self.point_head(fine, point_sample(coarse, point_coords))
 
     # ------------------------------------------------------------------ training
@@ -388,9 +337,12 @@ class PointSupPointRendMaskHead(nn.Module):
             return losses
         boxes = [inst.proposal_boxes for inst in instances]
         point_logits = self._point_logits(features, boxes, point_coords.to(coarse.dtype), coarse)
-        point_logits = select_class_logits(point_logits, self._gt_classes(instances)).squeeze(1)
         losses["loss_mask_point"] = point_bce_loss(
-            point_logits, point_labels, self.point_loss_normalization, log_prefix="point_rend_point"
+            point_logits,
+            point_labels,
+            self.point_loss_normalization,
+            log_prefix="point_rend_point",
+            classes=cat_gt_classes(instances),
         )
         return losses
 
@@ -404,7 +356,7 @@ class PointSupPointRendMaskHead(nn.Module):
         if coarse.shape[0] == 0:
             losses["loss_mask_point"] = self._zero_point_loss(coarse)
             return losses
-        gt_classes = self._gt_classes(instances)
+        gt_classes = cat_gt_classes(instances)
         boxes = [inst.proposal_boxes for inst in instances]
         with torch.no_grad():  # point selection and labels are targets, not part of the graph
             point_coords = get_uncertain_point_coords_with_randomness(
@@ -414,20 +366,14 @@ class PointSupPointRendMaskHead(nn.Module):
                 self.oversample_ratio,
                 self.importance_sample_ratio,
             )
-            coords_wrt_image = get_point_coords_wrt_image(Boxes.cat(boxes).tensor, point_coords)
-            labels = []
-            for inst, coords in zip(
-                instances, torch.split(coords_wrt_image, [len(i) for i in instances]), strict=True
-            ):
-                if len(inst) > 0:
-                    labels.append(
-                        mask_labels_at_points(inst.gt_masks, coords, inst.image_size, self.mask_point_labels)
-                    )
-            point_labels = cat(labels)
+            point_labels = get_mask_point_labels(instances, point_coords, self.mask_point_labels)
         point_logits = self._point_logits(features, boxes, point_coords, coarse)
-        point_logits = select_class_logits(point_logits, gt_classes).squeeze(1)
         losses["loss_mask_point"] = point_bce_loss(
-            point_logits, point_labels, self.point_loss_normalization, log_prefix="point_rend_point"
+            point_logits,
+            point_labels,
+            self.point_loss_normalization,
+            log_prefix="point_rend_point",
+            classes=gt_classes,
         )
         return losses
 
@@ -436,40 +382,32 @@ class PointSupPointRendMaskHead(nn.Module):
         assert self.point_head is not None
         return coarse.sum() * 0.0 + sum(p.sum() for p in self.point_head.parameters()) * 0.0
 
-    @staticmethod
-    def _gt_classes(instances: list[Instances]) -> torch.Tensor:
-        return cat([inst.gt_classes for inst in instances if len(inst) > 0]).to(torch.int64)
-
     # ------------------------------------------------------------------ inference
     def _subdivision_inference(
         self, features: dict[str, torch.Tensor], coarse: torch.Tensor, instances: list[Instances]
     ) -> list[Instances]:
-        """Adaptive subdivision: point-head logits on a regular grid, then repeatedly upsample x2
-        and re-predict the ``subdivision_num_points`` most uncertain cells.
+        """``pred_masks`` by adaptive subdivision of the point head's predicted-class logits.
 
-        Only the predicted class's channel is kept between steps (all that mask_rcnn_inference
-        uses), so memory is (R, 1, S, S) rather than (R, C, S, S).
+        Args:
+            features: image-level maps by name; coarse: (R, K, S, S) coarse logits of the
+                detections; instances: detections with ``pred_boxes`` and ``pred_classes``.
         """
         boxes = [inst.pred_boxes for inst in instances]
-        num_boxes = coarse.shape[0]
-        side = self.subdivision_init_side
-        if num_boxes == 0:
-            final_side = side * 2**self.subdivision_steps
-            mask_rcnn_inference(coarse.new_zeros((0, 1, final_side, final_side)), instances)
-            return instances
-        pred_classes = cat([inst.pred_classes for inst in instances]).to(torch.int64)
-        grid = generate_regular_grid_point_coords(num_boxes, side, coarse.device)
-        logits = select_class_logits(self._point_logits(features, boxes, grid, coarse), pred_classes)
-        mask_logits = logits.view(num_boxes, 1, side, side)
-        for _ in range(self.subdivision_steps):
-            mask_logits = F.interpolate(mask_logits, scale_factor=2, mode="bilinear", align_corners=False)
-            R, _, H, W = mask_logits.shape
-            indices, coords = get_uncertain_point_coords_on_grid(
-                calculate_uncertainty(mask_logits), self.subdivision_num_points
+        pred_classes = torch.cat([inst.pred_classes for inst in instances]).to(torch.int64)
+
+        def predicted_class_logits(point_coords: torch.Tensor) -> torch.Tensor:
+            return select_class_logits(
+                self._point_logits(features, boxes, point_coords, coarse), pred_classes
             )
-            point_logits = self._point_logits(features, boxes, coords, coarse)
-            point_logits = select_class_logits(point_logits, pred_classes)  # (R, 1, P)
-            mask_logits = mask_logits.view(R, 1, H * W).scatter(2, indices.unsqueeze(1), point_logits)
-            mask_logits = mask_logits.view(R, 1, H, W)
+
+        mask_logits = adaptive_subdivision(
+            predicted_class_logits,
+            coarse.shape[0],
+            self.subdivision_init_side,
+            self.subdivision_steps,
+            self.subdivision_num_points,
+            coarse.device,
+            coarse.dtype,
+        )
         mask_rcnn_inference(mask_logits, instances)
         return instances

@@ -132,7 +132,8 @@ COCO_P10 = train("coco_2017_train_p10")
 NO_POINT_HEAD_NAME = {
     "MODEL.POINT_HEAD.NAME": (
         "StandardPointHead",
-        "not read: point_sup's Implicit PointRend head builds its generated point head itself",
+        "the shared default, which point_sup's Implicit PointRend head accepts as well as "
+        "ImplicitPointHead: it always builds its generated point head (point_sup.config)",
     )
 }
 IMPLICIT_HEAD = {

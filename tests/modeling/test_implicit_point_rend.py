@@ -14,7 +14,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
-from point_sup.modeling import implicit_point_rend
+from point_sup.modeling import subdivision
 from point_sup.modeling.implicit_point_rend import (
     LIGHT_VARIANT_OVERRIDES,
     DynamicPointHead,
@@ -206,7 +206,7 @@ def test_same_inference_masks_as_reference(variant, monkeypatch):
     assert len(recorded) == 3  # 28 → 56 → 112 → 224
 
     agreement = []
-    real_our_select = implicit_point_rend.get_uncertain_point_coords_on_grid
+    real_our_select = subdivision.get_uncertain_point_coords_on_grid  # the one subdivision loop's
 
     def replay(uncertainty_map, num_points):
         our_indices, _ = real_our_select(uncertainty_map, num_points)
@@ -215,7 +215,7 @@ def test_same_inference_masks_as_reference(variant, monkeypatch):
             agreement.append(len(set(ours_row) & set(ref_row)) / len(ref_row))
         return ref_indices, ref_coords
 
-    monkeypatch.setattr(implicit_point_rend, "get_uncertain_point_coords_on_grid", replay)
+    monkeypatch.setattr(subdivision, "get_uncertain_point_coords_on_grid", replay)
     with torch.no_grad():
         our_out = ours(features, copy.deepcopy(dets))
     assert min(agreement) > 0.995, agreement
