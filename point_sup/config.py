@@ -120,3 +120,17 @@ def check_point_head_name(cfg: CN, mask_head: str, point_heads: Sequence[str]) -
             "PointSupPointRendMaskHead; Implicit PointRend: ImplicitPointHead with "
             "PointSupImplicitPointRendMaskHead)"
         )
+
+
+def check_point_head_classes(cfg: CN, mask_head: str) -> None:
+    """ValueError unless the point head of ``mask_head`` (PointRend, Implicit PointRend) predicts the
+    detector's classes: ``MODEL.POINT_HEAD.NUM_CLASSES == MODEL.ROI_HEADS.NUM_CLASSES``, or a
+    class-agnostic point head (``MODEL.POINT_HEAD.CLS_AGNOSTIC_MASK``). The one statement of the
+    rule: the heads check it when built, the start-up checks before the data are loaded."""
+    point, num_classes = cfg.MODEL.POINT_HEAD, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if not point.CLS_AGNOSTIC_MASK and num_classes != point.NUM_CLASSES:
+        raise ValueError(
+            f"MODEL.POINT_HEAD.NUM_CLASSES ({point.NUM_CLASSES}) of the point head of {mask_head} "
+            f"differs from MODEL.ROI_HEADS.NUM_CLASSES ({num_classes}); set both to the number of "
+            "classes of the dataset"
+        )

@@ -11,7 +11,9 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
 
-from .datasets import POINT_ANNOTATION_KEYS
+from point_sup_labels.point_fields import POINT_FIELDS
+
+from ..config import check_point_head_classes
 
 __all__ = ["check_point_supervision", "uses_point_head"]
 
@@ -94,12 +96,8 @@ def check_point_supervision(
         )
     if cfg.INPUT.SAMPLE_POINTS > 0 and not point_sup:
         logger.warning("INPUT.SAMPLE_POINTS has no effect without INPUT.POINT_SUP")
-    if cfg.MODEL.MASK_ON and uses_point_head(cfg) and num_classes != cfg.MODEL.POINT_HEAD.NUM_CLASSES:
-        raise ValueError(
-            f"MODEL.POINT_HEAD.NUM_CLASSES ({cfg.MODEL.POINT_HEAD.NUM_CLASSES}) of the point head of "
-            f"{cfg.MODEL.ROI_MASK_HEAD.NAME} differs from MODEL.ROI_HEADS.NUM_CLASSES ({num_classes}); "
-            "set both to the number of classes of the dataset"
-        )
+    if cfg.MODEL.MASK_ON and uses_point_head(cfg):
+        check_point_head_classes(cfg, cfg.MODEL.ROI_MASK_HEAD.NAME)
 
     for name in dataset_names:
         dicts = (
@@ -119,7 +117,7 @@ def check_point_supervision(
             raise ValueError(f"dataset '{name}' has no annotated instance to train from")
         if point_sup:
             required, remedy = (
-                POINT_ANNOTATION_KEYS,
+                POINT_FIELDS,
                 (
                     "register its P_N annotation file with point_sup.register_coco_instances_with_points "
                     "(tools/prepare_point_annotations.py makes one from masks), or turn INPUT.POINT_SUP off"

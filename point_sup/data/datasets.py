@@ -38,7 +38,6 @@ from point_sup_labels.point_fields import (
 )
 
 __all__ = [
-    "POINT_ANNOTATION_KEYS",
     "convert_point_annotations",
     "load_coco_json_with_points",
     "load_lvis_json_with_points",
@@ -48,7 +47,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POINT_ANNOTATION_KEYS = POINT_FIELDS  # the name Detectron2 users of this module know
+
 # "id" is kept as well so that errors (here and in the mapper) can name the offending annotation.
 _EXTRA_ANNOTATION_KEYS = [*POINT_FIELDS, "id"]
 
@@ -199,7 +198,7 @@ def load_lvis_json_with_points(
         objs = []
         for ann in annotations.get(img["id"], []):
             obj = {"bbox": ann["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "category_id": ann["category_id"] - 1}
-            for key in ("id", "iscrowd", "segmentation", *POINT_ANNOTATION_KEYS):
+            for key in ("id", "iscrowd", "segmentation", *POINT_FIELDS):
                 if key in ann:
                     obj[key] = ann[key]
             objs.append(obj)

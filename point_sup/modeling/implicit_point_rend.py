@@ -85,7 +85,7 @@ from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..config import POINT_HEAD_NAME_DEFAULT, check_point_head_name
+from ..config import POINT_HEAD_NAME_DEFAULT, check_point_head_classes, check_point_head_name
 from .conv_fc_head import ConvFCHead
 from .point_features import roi_grid_features, sample_named_features
 from .point_loss import cat_gt_classes, get_mask_point_labels, get_point_targets, point_bce_loss
@@ -369,12 +369,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
                 "set ROI_MASK_HEAD.POOLER_TYPE to ''"
             )
         check_point_head_name(cfg, cls.__name__, cls.point_head_names)
+        check_point_head_classes(cfg, cls.__name__)
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        if num_classes != cfg.MODEL.POINT_HEAD.NUM_CLASSES:
-            raise ValueError(
-                f"POINT_HEAD.NUM_CLASSES ({cfg.MODEL.POINT_HEAD.NUM_CLASSES}) must equal "
-                f"ROI_HEADS.NUM_CLASSES ({num_classes})"
-            )
         mask = cfg.MODEL.ROI_MASK_HEAD
         point = cfg.MODEL.POINT_HEAD
         implicit = cfg.MODEL.IMPLICIT_POINTREND

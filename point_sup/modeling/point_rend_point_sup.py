@@ -53,7 +53,7 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..config import check_point_head_name
+from ..config import check_point_head_classes, check_point_head_name
 from .conv_fc_head import ConvFCHead
 from .point_features import (
     calculate_uncertainty,
@@ -237,11 +237,7 @@ class PointSupPointRendMaskHead(nn.Module):
         point_in = tuple(point_cfg.IN_FEATURES)
         if mask_head.POINT_HEAD_ON:
             check_point_head_name(cfg, cls.__name__, cls.point_head_names)
-            if not point_cfg.CLS_AGNOSTIC_MASK and point_cfg.NUM_CLASSES != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-                raise ValueError(
-                    f"MODEL.POINT_HEAD.NUM_CLASSES ({point_cfg.NUM_CLASSES}) must equal "
-                    f"MODEL.ROI_HEADS.NUM_CLASSES ({cfg.MODEL.ROI_HEADS.NUM_CLASSES})"
-                )
+            check_point_head_classes(cfg, cls.__name__)
             fine_channels = sum(input_shape[f].channels for f in point_in if f in input_shape)
             point_head = PointSupPointHead(cfg, fine_channels=fine_channels, coarse_channels=num_coarse)
         return {
