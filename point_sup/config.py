@@ -66,7 +66,7 @@ def add_point_sup_config(cfg: CN) -> CN:
             bias, so every generated weight starts near 0. "shared": the same prediction weights, but
             its bias holds one randomly initialised point-head MLP (He-normal weights, zero biases),
             so every instance starts from a well-scaled MLP that the head then modulates (see
-            point_sup.modeling.implicit_point_rend.DynamicPointHead.initial_params).
+            point_sup.modeling.implicit_point_head.DynamicPointHead.initial_params).
     """
     _set_default(cfg.INPUT, "POINT_SUP", False)
     _set_default(cfg.INPUT, "SAMPLE_POINTS", 0)

@@ -15,14 +15,13 @@ from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
 from point_sup.modeling import subdivision
+from point_sup.modeling.implicit_point_head import DynamicPointHead, fourier_position_encoding
 from point_sup.modeling.implicit_point_rend import (
     LIGHT_VARIANT_OVERRIDES,
-    DynamicPointHead,
     PointSupImplicitPointRendMaskHead,
     convert_from_detectron2_implicit_pointrend,
     convert_to_detectron2_implicit_pointrend,
     count_parameters,
-    fourier_position_encoding,
 )
 from point_sup.modeling.point_features import get_point_coords_wrt_image
 from point_sup.modeling.point_loss import mask_labels_at_points
