@@ -7,9 +7,12 @@ import contextlib
 import ctypes
 import gc
 import multiprocessing
-import multiprocessing.pool
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the pool module is imported only where a pool is made
+    import multiprocessing.pool
 
 __all__ = [
     "die_with_parent",

@@ -317,6 +317,7 @@ class ShardWorkers:
                 self._conns.append(parent)
                 self._procs.append(proc)
         self._busy = 0
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -374,17 +375,23 @@ class ShardWorkers:
         self.send(name, args_per_shard)
         return self.collect(progress)
 
-    def close(self) -> None:
-        """Stop the workers (what they hold is freed)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers (what they hold is freed). Without ``wait``, do not wait for them to
+        exit: they have been told to, and die with this process in any case (a command-line tool
+        that is about to exit saves the time the kernel takes to free their memory)."""
+        if self._closed:
+            return
+        self._closed = True
         for conn, proc in zip(self._conns, self._procs, strict=True):
             if proc.is_alive():
                 with contextlib.suppress(OSError):
                     conn.send(None)
         for conn, proc in zip(self._conns, self._procs, strict=True):
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
+            if wait:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
             conn.close()
 
     def __enter__(self) -> ShardWorkers:

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import multiprocessing.pool
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import contains, itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +44,9 @@ from .polygon_labels import polygon_point_labels_batch, polygon_region
 from .process import gc_paused, make_worker_pool
 from .rle_labels import decode_rle_counts, rle_labels_at, rle_region
 from .sampling import annotation_keys, sample_points, sampling_ranges
+
+if TYPE_CHECKING:  # the pool module is imported only where a pool is made
+    import multiprocessing.pool
 
 __all__ = [
     "AnnotationChunk",
