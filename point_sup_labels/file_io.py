@@ -86,16 +86,18 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
 def _backup(target: Path, names: list[Path]) -> Path | None:
     """A hard link to ``target`` under a fresh temporary name (appended to ``names`` before it
     exists), or None where links are unsupported."""
-    for tmp in _fresh_names(target, names):
+    remove_stale_temps(target)
+    while True:
+        tmp = _temp_name(target)
+        names.append(tmp)
         try:
             os.link(target, tmp)
             return tmp
         except FileExistsError:
-            continue
+            names.pop()
         except OSError:
-            names.remove(tmp)
+            names.pop()
             return None
-    raise AssertionError("unreachable")
 
 
 def probe_writable(target: str | os.PathLike) -> None:
@@ -110,34 +112,28 @@ def probe_writable(target: str | os.PathLike) -> None:
         _unlink_all(names)
 
 
-def _fresh_names(target: Path, names: list[Path]) -> Iterator[Path]:
-    """Temporary names for ``target`` (``.<name>.<host>_<pid>_<random>.tmp``), each appended to
-    ``names`` *before* it is yielded, for the caller to create; the caller takes the next one if the
-    name exists (and removes a name it ends up not using).
-
-    Registering first closes the window between creating a file and recording it: an exception at
-    any bytecode in between (Ctrl-C's KeyboardInterrupt, or the SystemExit of
-    :func:`point_sup_labels.process.exit_on_termination`) would otherwise leave the file behind.
-    """
-    remove_stale_temps(target)
-    prefix = f".{target.name}.{_host()}_{os.getpid()}_"
-    while True:
-        tmp = target.parent / f"{prefix}{secrets.token_hex(6)}.tmp"
-        names.append(tmp)
-        yield tmp
-        if names and names[-1] == tmp:  # the caller found it taken: another name
-            names.pop()
+def _temp_name(target: Path) -> Path:
+    """A fresh temporary name for ``target``: ``.<name>.<host>_<pid>_<random>.tmp`` beside it."""
+    return target.parent / f".{target.name}.{_host()}_{os.getpid()}_{secrets.token_hex(6)}.tmp"
 
 
 def _create_temp(target: Path, names: list[Path]) -> int:
-    """Create a fresh, empty temporary sibling of ``target`` (mode 0600, like ``mkstemp``), its path
-    appended to ``names`` before it exists; returns a descriptor open for writing."""
-    for tmp in _fresh_names(target, names):
+    """Create a fresh, empty temporary sibling of ``target`` (mode 0600, like ``mkstemp``); returns
+    a descriptor open for writing.
+
+    Its path is appended to ``names`` *before* the file is created: an exception at any bytecode in
+    between (Ctrl-C's KeyboardInterrupt, or the SystemExit of
+    :func:`point_sup_labels.process.exit_on_termination`) would otherwise leave a file that no
+    cleanup knows of.
+    """
+    remove_stale_temps(target)
+    while True:
+        tmp = _temp_name(target)
+        names.append(tmp)
         try:
             return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")
+        except FileExistsError:  # not ours: another name
+            names.pop()
 
 
 def _unlink_all(paths: list[Path]) -> None:
