@@ -112,9 +112,13 @@ def exit_on_termination() -> Iterator[None]:
     Python runs a handler at the next bytecode of the main thread, which may be inside a ``__del__``
     or a callback whose exceptions the interpreter ignores: the ``SystemExit`` is then lost. So the
     request is also recorded: :func:`raise_if_stop_requested` (call it before a step that must not
-    happen after a stop, such as committing outputs) and the end of the block raise it again.
+    happen after a stop, such as committing outputs) and the end of the block raise it again. The
+    interpreter's report of such a lost ``SystemExit`` ("Exception ignored in ...", a traceback on
+    stderr that would read as a crash) is left out; every other unraisable exception is reported as
+    before.
     """
     import signal
+    import sys
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -125,7 +129,16 @@ def exit_on_termination() -> Iterator[None]:
         _stop_requests.append(signum)
         raise SystemExit(128 + signum)
 
+    hook = sys.unraisablehook
+
+    def quiet_lost_stop(unraisable) -> None:
+        value = unraisable.exc_value
+        stop_exit = isinstance(value, SystemExit) and value.code in {128 + s for s in _stop_requests}
+        if not stop_exit:
+            hook(unraisable)
+
     previous = {s: signal.signal(s, stop) for s in (getattr(signal, name) for name in _TERMINATION)}
+    sys.unraisablehook = quiet_lost_stop
     _stop_requests.clear()
     try:
         yield
@@ -133,6 +146,7 @@ def exit_on_termination() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = hook
 
 
 def raise_if_stop_requested() -> None:
