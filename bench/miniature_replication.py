@@ -80,6 +80,7 @@ class Row:
     paper_row: str
     overrides: tuple = ()
     points: Points | None = None  # None: the config's own training set
+    reference: str = "Mask R-CNN M"  # the row of AP(M) in the AP / AP(M) column
 
 
 M = "Mask R-CNN M"
@@ -120,6 +121,13 @@ ROWS: dict[str, Row] = {
         f"{NUCLEI}/implicit_point_rend_R_18_FPN_P10.yaml", None, "ours", (*SHARED_INIT, *VALID_MEAN)
     ),
     "PointRend M": Row(f"{NUCLEI}/point_rend_R_18_FPN_M.yaml", 38.3, "Table 3c PointRend M"),
+    "CondInst M": Row(
+        f"{NUCLEI}/condinst_R_18_FPN_M.yaml", 37.5, "Table 3b CondInst M", reference="CondInst M"
+    ),
+    "CondInst P10": Row(
+        f"{NUCLEI}/condinst_R_18_FPN_P10.yaml", 35.7, "Table 3b CondInst P10", reference="CondInst M"
+    ),
+    "BoxInst B": Row(f"{NUCLEI}/boxinst_R_18_FPN_B.yaml", 31.6, "Figure 3 BoxInst", reference="CondInst M"),
     "PointRend M, pixel labels": Row(
         f"{NUCLEI}/point_rend_R_18_FPN_M.yaml", None, "ours", tuple(PIXEL_LABELS)
     ),
@@ -143,6 +151,7 @@ STUDIES: dict[str, list[str]] = {
         "Implicit P10, shared init",
         "Implicit P10 shared, valid mean",
     ],
+    "condinst": [M, "Mask R-CNN P10", "CondInst M", "CondInst P10", "BoxInst B"],
     "mask_labels": [
         M,
         "PointRend M",
@@ -278,11 +287,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"seeds {args.seeds} (mean ± std over seeds), {minutes:.0f} min",
         f"{'model':<34}{'mask AP':>14}{'AP50':>14}{'AP / AP(M)':>14}{'paper COCO AP':>16}",
     ]
-    base = results.get(M, {})
     for name in rows:
         aps = [results[name][s]["AP"] for s in args.seeds]
         ap50s = [results[name][s]["AP50"] for s in args.seeds]
         ratio = "-"
+        base = results.get(ROWS[name].reference, {})
         if base:
             ratios = [100 * results[name][s]["AP"] / base[s]["AP"] for s in args.seeds if base[s]["AP"] > 0]
             ratio = _mean_std(ratios) + "%" if ratios else "-"

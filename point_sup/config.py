@@ -21,7 +21,17 @@ from collections.abc import Sequence
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["POINT_HEAD_NAME_DEFAULT", "add_point_sup_config", "check_point_head_name"]
+__all__ = [
+    "CONDINST_META_ARCHITECTURE",
+    "POINT_HEAD_NAME_DEFAULT",
+    "add_point_sup_config",
+    "check_point_head_name",
+    "is_condinst",
+    "num_classes_key",
+]
+
+# point_sup's CondInst / BoxInst meta-architecture (point_sup.modeling.condinst).
+CONDINST_META_ARCHITECTURE = "PointSupCondInst"
 
 # MODEL.POINT_HEAD.NAME's default, PointRend's (``add_pointrend_config`` sets the same).
 POINT_HEAD_NAME_DEFAULT = "StandardPointHead"
@@ -106,7 +116,78 @@ def add_point_sup_config(cfg: CN) -> CN:
     _set_default(implicit, "POS_ENC_ENABLED", True)
     _set_default(implicit, "PARAMS_L2_REGULARIZER", 1e-5)
     _set_default(implicit, "PARAMS_INIT", "reference")
+    _add_condinst_config(cfg)
     return cfg
+
+
+def _add_condinst_config(cfg: CN) -> None:
+    """CondInst / BoxInst keys (point_sup.modeling.condinst); names and defaults are AdelaiDet's
+    (``MODEL.FCOS``, ``MODEL.CONDINST``, ``MODEL.BOXINST``), the CondInst and BoxInst papers' values.
+
+    MODEL.FCOS (the detector: Detectron2's FCOS)
+        NUM_CLASSES (80), IN_FEATURES (p3-p7), NUM_CONVS (4 per tower), NORM ("GN"), PRIOR_PROB (0.01),
+        CENTER_SAMPLING_RADIUS (1.5), LOSS_ALPHA / LOSS_GAMMA (focal loss 0.25 / 2.0),
+        INFERENCE_TH_TEST (0.05: the score sqrt(p_cls p_ctr) a location needs before NMS), PRE_NMS_TOPK_TEST
+        (1000 per level), NMS_TH (0.6); detections per image: ``TEST.DETECTIONS_PER_IMAGE``.
+    MODEL.CONDINST
+        MASK_OUT_STRIDE (4): stride of the mask prediction (and of the mask targets).
+        MAX_PROPOSALS (-1 = all): at most this many positive locations per batch get a mask loss
+            (a random subset); TOPK_PROPOSALS_PER_IM (-1 = off): instead, per image and ground-truth
+            object, the k / #objects highest-scoring positive locations (BoxInst's 64).
+        INFER_CROP_TO_BOX: at inference, set mask pixels outside the predicted box to background
+            (paper footnote 2, for the P_N model; off for CondInst/BoxInst as published).
+        MASK_HEAD: CHANNELS (8), NUM_LAYERS (3), DISABLE_REL_COORDS (False): the dynamic mask head.
+        MASK_BRANCH: IN_FEATURES (p3-p5), CHANNELS (128), NUM_CONVS (4), NORM ("BN"), OUT_CHANNELS (8).
+    MODEL.BOXINST (box-only supervision)
+        ENABLED: train the masks from the boxes only (projection + pairwise losses).
+        PAIRWISE: SIZE (3), DILATION (2), COLOR_THRESH (0.3), WARMUP_ITERS (10000).
+    """
+    if "FCOS" not in cfg.MODEL:
+        cfg.MODEL.FCOS = CN()
+    fcos = cfg.MODEL.FCOS
+    _set_default(fcos, "NUM_CLASSES", 80)
+    _set_default(fcos, "IN_FEATURES", ["p3", "p4", "p5", "p6", "p7"])
+    _set_default(fcos, "NUM_CONVS", 4)
+    _set_default(fcos, "NORM", "GN")
+    _set_default(fcos, "PRIOR_PROB", 0.01)
+    _set_default(fcos, "CENTER_SAMPLING_RADIUS", 1.5)
+    _set_default(fcos, "LOSS_ALPHA", 0.25)
+    _set_default(fcos, "LOSS_GAMMA", 2.0)
+    _set_default(fcos, "INFERENCE_TH_TEST", 0.05)
+    _set_default(fcos, "PRE_NMS_TOPK_TEST", 1000)
+    _set_default(fcos, "NMS_TH", 0.6)
+
+    if "CONDINST" not in cfg.MODEL:
+        cfg.MODEL.CONDINST = CN()
+    condinst = cfg.MODEL.CONDINST
+    _set_default(condinst, "MASK_OUT_STRIDE", 4)
+    _set_default(condinst, "MAX_PROPOSALS", -1)
+    _set_default(condinst, "TOPK_PROPOSALS_PER_IM", -1)
+    _set_default(condinst, "INFER_CROP_TO_BOX", False)
+    if "MASK_HEAD" not in condinst:
+        condinst.MASK_HEAD = CN()
+    _set_default(condinst.MASK_HEAD, "CHANNELS", 8)
+    _set_default(condinst.MASK_HEAD, "NUM_LAYERS", 3)
+    _set_default(condinst.MASK_HEAD, "DISABLE_REL_COORDS", False)
+    if "MASK_BRANCH" not in condinst:
+        condinst.MASK_BRANCH = CN()
+    branch = condinst.MASK_BRANCH
+    _set_default(branch, "IN_FEATURES", ["p3", "p4", "p5"])
+    _set_default(branch, "CHANNELS", 128)
+    _set_default(branch, "NUM_CONVS", 4)
+    _set_default(branch, "NORM", "BN")
+    _set_default(branch, "OUT_CHANNELS", 8)
+
+    if "BOXINST" not in cfg.MODEL:
+        cfg.MODEL.BOXINST = CN()
+    boxinst = cfg.MODEL.BOXINST
+    _set_default(boxinst, "ENABLED", False)
+    if "PAIRWISE" not in boxinst:
+        boxinst.PAIRWISE = CN()
+    _set_default(boxinst.PAIRWISE, "SIZE", 3)
+    _set_default(boxinst.PAIRWISE, "DILATION", 2)
+    _set_default(boxinst.PAIRWISE, "COLOR_THRESH", 0.3)
+    _set_default(boxinst.PAIRWISE, "WARMUP_ITERS", 10000)
 
 
 def check_point_head_name(cfg: CN, mask_head: str, point_heads: Sequence[str]) -> None:
@@ -134,3 +215,14 @@ def check_point_head_classes(cfg: CN, mask_head: str) -> None:
             f"differs from MODEL.ROI_HEADS.NUM_CLASSES ({num_classes}); set both to the number of "
             "classes of the dataset"
         )
+
+
+def is_condinst(cfg: CN) -> bool:
+    """Whether the config builds point_sup's CondInst / BoxInst (an image-level model, no ROI heads)."""
+    return cfg.MODEL.META_ARCHITECTURE == CONDINST_META_ARCHITECTURE
+
+
+def num_classes_key(cfg: CN) -> str:
+    """The key holding the model's number of classes: ``MODEL.FCOS.NUM_CLASSES`` for CondInst /
+    BoxInst (AdelaiDet's key), ``MODEL.ROI_HEADS.NUM_CLASSES`` for the R-CNN models."""
+    return "MODEL.FCOS.NUM_CLASSES" if is_condinst(cfg) else "MODEL.ROI_HEADS.NUM_CLASSES"

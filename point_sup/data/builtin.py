@@ -33,6 +33,10 @@ the class metadata of its mask-supervised counterpart (``coco_2017_train``, ...)
 on points is evaluated with the same classes, and records its validation set under the metadata key
 ``paired_val_dataset``.
 
+Box-only views for BoxInst (the paper's box-only baseline): ``{base}_boxes`` for each of the four
+mask-annotated training sets above and for the nuclei sets is the same data with every annotation's
+mask and points removed (:func:`register_box_only_dataset`).
+
 :func:`register_nuclei` registers the small real nuclei dataset of :mod:`point_sup.data.nuclei`.
 """
 
@@ -56,11 +60,14 @@ from .datasets import register_coco_instances_with_points, register_lvis_instanc
 from .nuclei import build_nuclei_coco
 
 __all__ = [
+    "BOX_ONLY_SUFFIX",
     "POINT_DATASET_FAMILIES",
     "POINT_SUP_DATASET_PAIRS",
     "PointDatasetFamily",
+    "box_only_dicts",
     "point_dataset_file",
     "register_all_point_sup",
+    "register_box_only_dataset",
     "register_nuclei",
     "register_nuclei_files",
     "register_point_datasets",
@@ -295,8 +302,48 @@ def register_nuclei_files(root: str | os.PathLike, replace: bool = False) -> lis
             register_coco_instances_with_points(name, metadata, str(path), image_root)
         else:
             register_coco_instances(name, metadata, str(path), image_root)
+            if replace:
+                _unregister(name + BOX_ONLY_SUFFIX)
+            names.append(register_box_only_dataset(name))
         names.append(name)
     return names
+
+
+# Box-only views (BoxInst, the box-only baseline): ``{base}_boxes`` is ``{base}`` with every
+# annotation's mask and points removed, so a box-supervised config cannot be given more by mistake.
+BOX_ONLY_SUFFIX = "_boxes"
+_BOX_ONLY_DROPPED = ("segmentation", "point_coords", "point_labels")
+
+
+def box_only_dicts(dicts: Iterable[dict]) -> list[dict]:
+    """Copies of Detectron2 dataset dicts whose annotations keep everything but their mask
+    (``segmentation``) and P_N points: boxes, classes, ``iscrowd``, ids."""
+    return [
+        {
+            **record,
+            "annotations": [
+                {k: v for k, v in anno.items() if k not in _BOX_ONLY_DROPPED}
+                for anno in record.get("annotations", [])
+            ],
+        }
+        for record in dicts
+    ]
+
+
+def register_box_only_dataset(base: str, name: str | None = None) -> str:
+    """Register ``name`` (default ``{base}_boxes``) as the box-only view of the registered dataset
+    ``base`` (:func:`box_only_dicts`, loaded lazily from ``base``), sharing its class metadata.
+    Returns the name; an existing registration is left as it is."""
+    name = name or base + BOX_ONLY_SUFFIX
+    if name in DatasetCatalog:
+        return name
+    DatasetCatalog.register(name, lambda: box_only_dicts(DatasetCatalog.get(base)))
+    base_meta = MetadataCatalog.get(base)
+    shared = {
+        k: getattr(base_meta, k) for k in (*_SHARED_METADATA_KEYS, "evaluator_type") if hasattr(base_meta, k)
+    }
+    MetadataCatalog.get(name).set(**shared, box_only_of=base)
+    return name
 
 
 def _unregister(name: str) -> None:
@@ -307,4 +354,7 @@ def _unregister(name: str) -> None:
 
 register_all_point_sup(os.getenv("DETECTRON2_DATASETS", "datasets"))
 register_cityscapes_fallback()  # Detectron2 HEAD's Cityscapes loader cannot import cityscapesscripts
+for _family in POINT_DATASET_FAMILIES:
+    if _family.base in DatasetCatalog:
+        register_box_only_dataset(_family.base)
 register_nuclei_files(os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), NUCLEI_DIR))

@@ -13,7 +13,7 @@ from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
 
 from point_sup_labels.point_fields import POINT_FIELDS
 
-from ..config import check_point_head_classes
+from ..config import check_point_head_classes, is_condinst, num_classes_key
 
 __all__ = ["check_point_supervision", "uses_point_head"]
 
@@ -67,11 +67,14 @@ def check_point_supervision(
     Raises ``ValueError`` when
       - ``INPUT.POINT_SUP`` is on but a sampled annotation of a dataset lacks ``point_coords`` or
         ``point_labels``;
+      - a box-only config (CondInst with ``MODEL.BOXINST.ENABLED``) is given annotations with
+        ``segmentation`` or points, which it would ignore;
       - ``INPUT.POINT_SUP`` is off, ``MODEL.MASK_ON`` is on and a sampled annotation lacks
         ``segmentation`` (a mask-supervised head given only points);
       - the mask head has a point head (PointRend, Implicit PointRend) and
         ``MODEL.POINT_HEAD.NUM_CLASSES != MODEL.ROI_HEADS.NUM_CLASSES``;
-      - a dataset's number of ``thing_classes`` differs from ``MODEL.ROI_HEADS.NUM_CLASSES``;
+      - a dataset's number of ``thing_classes`` differs from ``MODEL.ROI_HEADS.NUM_CLASSES``
+        (``MODEL.FCOS.NUM_CLASSES`` for CondInst);
       - a dataset has no annotated instance, or ``INPUT.SAMPLE_POINTS`` is negative;
       - ``INPUT.POINT_SUP`` is on and no object of a dataset has a labelled point (when some have
         none, a warning gives their share).
@@ -88,7 +91,11 @@ def check_point_supervision(
     if isinstance(dataset_names, str):
         dataset_names = [dataset_names]
     point_sup = bool(cfg.INPUT.POINT_SUP)
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    classes_key = num_classes_key(cfg)
+    num_classes = cfg.MODEL.FCOS.NUM_CLASSES if is_condinst(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    box_only = is_condinst(cfg) and bool(cfg.MODEL.BOXINST.ENABLED)
+    if box_only and point_sup:
+        raise ValueError("INPUT.POINT_SUP and MODEL.BOXINST.ENABLED are both on; a CondInst config uses one")
 
     if cfg.INPUT.SAMPLE_POINTS < 0:
         raise ValueError(
@@ -96,7 +103,7 @@ def check_point_supervision(
         )
     if cfg.INPUT.SAMPLE_POINTS > 0 and not point_sup:
         logger.warning("INPUT.SAMPLE_POINTS has no effect without INPUT.POINT_SUP")
-    if cfg.MODEL.MASK_ON and uses_point_head(cfg):
+    if cfg.MODEL.MASK_ON and not is_condinst(cfg) and uses_point_head(cfg):
         check_point_head_classes(cfg, cfg.MODEL.ROI_MASK_HEAD.NAME)
 
     for name in dataset_names:
@@ -109,12 +116,14 @@ def check_point_supervision(
         thing_classes = getattr(meta, "thing_classes", None)
         if thing_classes is not None and len(thing_classes) != num_classes:
             raise ValueError(
-                f"dataset '{name}' has {len(thing_classes)} thing_classes but MODEL.ROI_HEADS.NUM_CLASSES "
-                f"is {num_classes}"
+                f"dataset '{name}' has {len(thing_classes)} thing_classes but {classes_key} is {num_classes}"
             )
         samples = _sample_annotations(dicts, num_samples)
         if not samples:
             raise ValueError(f"dataset '{name}' has no annotated instance to train from")
+        if box_only:
+            _check_box_only(name, samples)
+            continue
         if point_sup:
             required, remedy = (
                 POINT_FIELDS,
@@ -123,7 +132,7 @@ def check_point_supervision(
                     "(tools/prepare_point_annotations.py makes one from masks), or turn INPUT.POINT_SUP off"
                 ),
             )
-        elif cfg.MODEL.MASK_ON:
+        elif cfg.MODEL.MASK_ON or is_condinst(cfg):  # CondInst always predicts masks
             required, remedy = (
                 ("segmentation",),
                 (
@@ -148,6 +157,22 @@ def check_point_supervision(
                     )
         if point_sup:
             _check_labelled_points(name, dicts)
+
+
+def _check_box_only(name: str, samples: Sequence[tuple[dict, dict, int]]) -> None:
+    """ValueError if a box-only (BoxInst) config's training data carries masks or points, which it
+    would silently ignore."""
+    for record, anno, index in samples:
+        for key in ("segmentation", *POINT_FIELDS):
+            if key in anno:
+                which = f"id {anno['id']}" if "id" in anno else f"#{index}"
+                raise ValueError(
+                    f"dataset '{name}': annotation {which} of image {record.get('file_name')} has "
+                    f"'{key}', which MODEL.BOXINST.ENABLED (boxes only) would ignore; train on the "
+                    f"box-only view '{name}_boxes' (point_sup.data.builtin.register_box_only_dataset), "
+                    "or use a CondInst config that trains from it (masks: BOXINST.ENABLED False; points: "
+                    "INPUT.POINT_SUP True)"
+                )
 
 
 def _check_labelled_points(name: str, dicts: Sequence[dict]) -> None:

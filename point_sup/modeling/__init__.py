@@ -1,4 +1,6 @@
-"""Modeling: shared point machinery and the point-supervised mask heads (registered on import)."""
+"""Modeling: shared point machinery, the point-supervised mask heads and CondInst/BoxInst
+(registered on import)."""
 
-from . import mask_rcnn_point_sup, point_rend_point_sup  # noqa: F401  (register the mask heads)
+from . import backbone, mask_rcnn_point_sup, point_rend_point_sup  # noqa: F401  (register components)
+from .condinst import PointSupCondInst  # noqa: F401  (registers it)
 from .implicit_point_rend import PointSupImplicitPointRendMaskHead  # noqa: F401  (registers it)

@@ -45,6 +45,7 @@ __all__ = [
     "cat_gt_classes",
     "get_mask_point_labels",
     "get_point_targets",
+    "ignore_points_outside_boxes",
     "mask_labels_at_points",
     "point_bce_loss",
     "roi_grid_point_loss",
@@ -73,11 +74,8 @@ def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, tor
         if len(inst) == 0:
             continue
         rel = get_point_coords_wrt_box(inst.proposal_boxes.tensor, inst.gt_point_coords.to(torch.float32))
-        lab = inst.gt_point_labels.to(torch.float32).clone()
-        outside = ((rel < 0.0) | (rel > 1.0)).any(dim=2) & (lab != PADDING_LABEL)
-        lab[outside] = IGNORE_LABEL
         coords.append(rel)
-        labels.append(lab)
+        labels.append(ignore_points_outside_boxes(rel, inst.gt_point_labels))
     if not coords:
         device = instances[0].proposal_boxes.device if instances else torch.device("cpu")
         return torch.zeros((0, 0, 2), device=device), torch.zeros((0, 0), device=device)
@@ -85,6 +83,29 @@ def get_point_targets(instances: Sequence[Instances]) -> tuple[torch.Tensor, tor
     coords = [F.pad(c, (0, 0, 0, num_points - c.shape[1])) for c in coords]
     labels = [F.pad(lab, (0, num_points - lab.shape[1]), value=PADDING_LABEL) for lab in labels]
     return torch.cat(coords), torch.cat(labels)
+
+
+def ignore_points_outside_boxes(
+    point_coords_wrt_box: torch.Tensor, point_labels: torch.Tensor
+) -> torch.Tensor:
+    """The labels with every labelled point outside its box set to ``IGNORE_LABEL``: the one rule of
+    "points outside the box are unsupervised" (paper §3.2), for proposal boxes (ROI heads) and
+    ground-truth boxes (CondInst) alike.
+
+    Args:
+        point_coords_wrt_box: (R, P, 2) box-relative (u, v) of each point (see point_features).
+        point_labels: (R, P) labels (1, 0, -1 ignore, -2 padding).
+
+    Returns:
+        (R, P) float32, a new tensor: -1 where a point lies outside the closed box [0, 1]² (a point
+        on the box edge counts as inside); padding stays padding.
+    """
+    labels = point_labels.to(torch.float32).clone()
+    outside = ((point_coords_wrt_box < 0.0) | (point_coords_wrt_box > 1.0)).any(dim=2) & (
+        labels != PADDING_LABEL
+    )
+    labels[outside] = IGNORE_LABEL
+    return labels
 
 
 def cat_gt_classes(instances: Sequence[Instances], device: torch.device | str | None = None) -> torch.Tensor:

@@ -171,9 +171,10 @@ CITYSCAPES_WEIGHTS = {
 
 @dataclass
 class Counterpart:
-    """A Detectron2 recipe: a model-zoo file, then cited overlays, then the declared deltas."""
+    """A Detectron2 recipe: a model-zoo file (None: Detectron2's defaults), then cited overlays, then
+    the declared deltas."""
 
-    zoo: str
+    zoo: str | None
     overlays: list[dict] = field(default_factory=list)
     deltas: dict = field(default_factory=dict)
 
@@ -276,6 +277,143 @@ COUNTERPARTS: dict[str, Counterpart] = {
         deltas={**HEAD_P10, **train("lvis_v1_train_p10")},
     ),
 }
+
+# ------------------------------------------------------------------------------------------------
+# CondInst / BoxInst: AdelaiDet's recipes (aim-uofa/AdelaiDet configs/CondInst/Base-CondInst.yaml +
+# MS_R_50_3x.yaml, configs/BoxInst/Base-BoxInst.yaml + MS_R_50_3x.yaml), cited over Detectron2's
+# defaults, which AdelaiDet's config extends. Their keys that point_sup has no use for are left out:
+# MODEL.PROPOSAL_GENERATOR.NAME "FCOS" (point_sup's CondInst builds FCOS itself), FCOS.THRESH_WITH_CTR
+# True (point_sup always thresholds after the centerness, as Detectron2's FCOS), FCOS.USE_SCALE
+# (Detectron2's FCOS has no per-level scale), BOXINST.BOTTOM_PIXELS_REMOVED 10 (not done).
+ADELAIDET_CONDINST_BASE = {
+    "MODEL.MASK_ON": True,
+    "MODEL.BACKBONE.NAME": "build_fcos_resnet_fpn_backbone",
+    "MODEL.RESNETS.OUT_FEATURES": ["res3", "res4", "res5"],
+    "MODEL.FPN.IN_FEATURES": ["res3", "res4", "res5"],
+    "MODEL.CONDINST.MAX_PROPOSALS": 500,
+    "DATASETS.TRAIN": ("coco_2017_train",),
+    "DATASETS.TEST": ("coco_2017_val",),
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.BASE_LR": 0.01,
+    "SOLVER.STEPS": (60000, 80000),
+    "SOLVER.MAX_ITER": 90000,
+    "INPUT.MIN_SIZE_TRAIN": (640, 672, 704, 736, 768, 800),
+}
+ADELAIDET_BOXINST_BASE = {
+    **{k: v for k, v in ADELAIDET_CONDINST_BASE.items() if k != "MODEL.CONDINST.MAX_PROPOSALS"},
+    "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 64,
+    "MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS": 16,
+    "MODEL.BOXINST.ENABLED": True,
+    "MODEL.BOXINST.PAIRWISE.SIZE": 3,
+    "MODEL.BOXINST.PAIRWISE.DILATION": 2,
+    "MODEL.BOXINST.PAIRWISE.COLOR_THRESH": 0.3,
+}
+ADELAIDET_R50_3X = {  # CondInst/MS_R_50_3x.yaml and BoxInst/MS_R_50_3x.yaml (OUTPUT_DIR aside)
+    "MODEL.WEIGHTS": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+    "MODEL.RESNETS.DEPTH": 50,
+    "SOLVER.STEPS": (210000, 250000),
+    "SOLVER.MAX_ITER": 270000,
+}
+CONDINST_ARCH = {
+    "MODEL.META_ARCHITECTURE": (
+        "PointSupCondInst",
+        "point_sup's CondInst on Detectron2's FCOS (AdelaiDet's is named CondInst)",
+    )
+}
+CONDINST_P10 = {
+    "INPUT.POINT_SUP": (True, "Table 3b: CondInst from P10"),
+    **POINT_AUG,
+    "MODEL.CONDINST.INFER_CROP_TO_BOX": (
+        True,
+        "paper footnote 2: mask pixels outside the predicted box removed",
+    ),
+}
+BOX_ONLY_WHY = "the box-only view of the training set: its masks and points removed"
+VOC_CONDINST = {
+    "MODEL.FCOS.NUM_CLASSES": (20, "VOC's 20 classes"),
+    "INPUT.MIN_SIZE_TRAIN": (
+        (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800),
+        "input sizes of the VOC recipe (VOC/mask_rcnn_R_50_FPN_M.yaml, Detectron2's VOC detection)",
+    ),
+    "SOLVER.STEPS": ((12000, 16000), "schedule of the VOC recipe"),
+    "SOLVER.MAX_ITER": (18000, "schedule of the VOC recipe"),
+    "SOLVER.WARMUP_ITERS": (100, "schedule of the VOC recipe"),
+    **val_set("voc_2012_val_instance", why="VOC 2012 val instance masks (Table 1b)"),
+}
+CITYSCAPES_CONDINST = {
+    "MODEL.FCOS.NUM_CLASSES": (8, "Cityscapes' 8 instance classes"),
+    "INPUT.MIN_SIZE_TRAIN": ((800, 832, 864, 896, 928, 960, 992, 1024), "Detectron2's Cityscapes recipe"),
+    "INPUT.MIN_SIZE_TEST": (1024, "Detectron2's Cityscapes recipe"),
+    "INPUT.MAX_SIZE_TRAIN": (2048, "Detectron2's Cityscapes recipe"),
+    "INPUT.MAX_SIZE_TEST": (2048, "Detectron2's Cityscapes recipe"),
+    "SOLVER.IMS_PER_BATCH": (8, "Detectron2's Cityscapes recipe"),
+    "SOLVER.BASE_LR": (0.005, "CondInst's 0.01 for 16 images, scaled linearly to the recipe's 8"),
+    "SOLVER.STEPS": ((18000,), "Detectron2's Cityscapes recipe"),
+    "SOLVER.MAX_ITER": (24000, "Detectron2's Cityscapes recipe"),
+    "TEST.EVAL_PERIOD": (8000, "Detectron2's Cityscapes recipe"),
+    **val_set("cityscapes_fine_instance_seg_val", why="Cityscapes fine val (Table 1c)"),
+}
+COUNTERPARTS.update(
+    {
+        "COCO/condinst_R_50_FPN_3x_M.yaml": Counterpart(
+            None, [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X], CONDINST_ARCH
+        ),
+        "COCO/condinst_R_50_FPN_3x_P10_point_aug.yaml": Counterpart(
+            None, [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X], {**CONDINST_ARCH, **CONDINST_P10, **COCO_P10}
+        ),
+        "COCO/boxinst_R_50_FPN_3x_B.yaml": Counterpart(
+            None,
+            [ADELAIDET_BOXINST_BASE, ADELAIDET_R50_3X],
+            {**CONDINST_ARCH, **train("coco_2017_train_boxes", why=BOX_ONLY_WHY)},
+        ),
+        # No upstream counterparts for VOC / Cityscapes: AdelaiDet's COCO recipe with the schedule and
+        # input sizes of point_sup's Mask R-CNN recipe for the dataset.
+        "VOC/condinst_R_50_FPN_M.yaml": Counterpart(
+            None,
+            [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X],
+            {**CONDINST_ARCH, **VOC_CONDINST, **train("voc_2012_train_instance", why="VOC 2012 train")},
+        ),
+        "VOC/condinst_R_50_FPN_P10_point_aug.yaml": Counterpart(
+            None,
+            [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X],
+            {**CONDINST_ARCH, **VOC_CONDINST, **CONDINST_P10, **train("voc_2012_train_instance_p10")},
+        ),
+        "VOC/boxinst_R_50_FPN_B.yaml": Counterpart(
+            None,
+            [ADELAIDET_BOXINST_BASE, ADELAIDET_R50_3X],
+            {**CONDINST_ARCH, **VOC_CONDINST, **train("voc_2012_train_instance_boxes", why=BOX_ONLY_WHY)},
+        ),
+        "Cityscapes/condinst_R_50_FPN_M.yaml": Counterpart(
+            None,
+            [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X],
+            {
+                **CONDINST_ARCH,
+                **CITYSCAPES_CONDINST,
+                **train("cityscapes_fine_instance_seg_train", why="Cityscapes fine train"),
+            },
+        ),
+        "Cityscapes/condinst_R_50_FPN_P10_point_aug.yaml": Counterpart(
+            None,
+            [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X],
+            {
+                **CONDINST_ARCH,
+                **CITYSCAPES_CONDINST,
+                **CONDINST_P10,
+                **train("cityscapes_fine_instance_seg_train_p10"),
+            },
+        ),
+        "Cityscapes/boxinst_R_50_FPN_B.yaml": Counterpart(
+            None,
+            [ADELAIDET_BOXINST_BASE, ADELAIDET_R50_3X],
+            {
+                **CONDINST_ARCH,
+                **CITYSCAPES_CONDINST,
+                **train("cityscapes_fine_instance_seg_train_boxes", why=BOX_ONLY_WHY),
+            },
+        ),
+    }
+)
+
 for _target, _init in (("M_from_coco_M", "M"), ("M_from_coco_P10", "P10"), ("P10_from_coco_M", "M")):
     _base = COUNTERPARTS[f"VOC/mask_rcnn_R_50_FPN_{_target.split('_')[0]}.yaml"]
     COUNTERPARTS[f"VOC/mask_rcnn_R_50_FPN_{_target}.yaml"] = Counterpart(
@@ -310,7 +448,8 @@ def resolve_ours(relative: str) -> CfgNode:
 
 def resolve_counterpart(counterpart: Counterpart) -> CfgNode:
     cfg = _empty_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file(counterpart.zoo))
+    if counterpart.zoo is not None:
+        cfg.merge_from_file(model_zoo.get_config_file(counterpart.zoo))
     for overlay in counterpart.overlays:
         cfg.merge_from_list([item for pair in overlay.items() for item in pair])
     return cfg

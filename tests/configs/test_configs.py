@@ -14,6 +14,7 @@ from detectron2.utils.events import EventStorage
 from recipes.readme_recipes import configs_of_recipes, parse_recipes
 
 from point_sup import add_point_sup_config
+from point_sup.config import CONDINST_META_ARCHITECTURE, is_condinst
 from point_sup.engine import PointSupTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +47,15 @@ def test_configs_found():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_point_supervised_configs_name_point_sup_heads(path):
     cfg = load(path)
-    if cfg.INPUT.POINT_SUP:  # P10 files say so, and train on points; the rest on masks
+    if cfg.INPUT.POINT_SUP:  # P10 files say so, and train on points; the rest on masks (or boxes)
         assert "P10" in path.stem or "point" in str(cfg.DATASETS.TRAIN), path
-        assert cfg.MODEL.ROI_MASK_HEAD.NAME.startswith("PointSup"), f"{path}: needs a point_sup head"
+        if is_condinst(cfg):
+            assert path.stem.startswith("condinst_"), path
+        else:
+            assert cfg.MODEL.ROI_MASK_HEAD.NAME.startswith("PointSup"), f"{path}: needs a point_sup head"
+    if is_condinst(cfg) and cfg.MODEL.BOXINST.ENABLED:  # BoxInst files say so, and train on boxes
+        assert path.stem.startswith("boxinst_") and path.stem.endswith("_B"), path
+        assert all(name.endswith("_boxes") for name in cfg.DATASETS.TRAIN), path
 
 
 def test_recipes_and_this_test_cover_every_config():
@@ -60,18 +67,27 @@ def test_recipes_and_this_test_cover_every_config():
 def test_config_trains_one_iteration(path, nuclei_datasets, tiny_overrides, tmp_path):
     cfg = load(path)
     paper_head = cfg.MODEL.ROI_MASK_HEAD.NAME
-    train = "nuclei_train_p10" if cfg.INPUT.POINT_SUP else "nuclei_train"
+    condinst = is_condinst(cfg)
+    box_only = condinst and cfg.MODEL.BOXINST.ENABLED
+    train = (
+        "nuclei_train_p10" if cfg.INPUT.POINT_SUP else "nuclei_train_boxes" if box_only else "nuclei_train"
+    )
     cfg.merge_from_list(tiny_overrides)
     cfg.merge_from_list(
         ["DATASETS.TRAIN", (train,), "DATASETS.TEST", ("nuclei_val",), "OUTPUT_DIR", str(tmp_path)]
     )
     cfg.freeze()
     trainer = PointSupTrainer(cfg)
-    assert type(trainer.model.roi_heads.mask_head).__name__ == paper_head
+    if condinst:
+        assert type(trainer.model).__name__ == CONDINST_META_ARCHITECTURE
+        expected_loss = "loss_prj" if box_only else "loss_mask"
+    else:
+        assert type(trainer.model.roi_heads.mask_head).__name__ == paper_head
+        expected_loss = "loss_mask"
     with EventStorage(0) as storage:
         trainer.storage = storage
         trainer.iter = trainer.start_iter = 0
         trainer.run_step()
     losses = {k: v for k, v in storage.latest().items() if k.startswith("loss")}
-    assert any(k.startswith("loss_mask") for k in losses), losses
+    assert any(k.startswith(expected_loss) for k in losses), losses
     assert all(math.isfinite(v[0]) for v in losses.values()), losses

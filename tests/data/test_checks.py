@@ -128,3 +128,58 @@ def test_sample_points_setting(datasets, caplog):
     cfg.INPUT.SAMPLE_POINTS = -2
     with pytest.raises(ValueError, match=r"INPUT.SAMPLE_POINTS must be >= 0"):
         check_point_supervision(cfg)
+
+
+def _condinst_cfg(dataset, point_sup_on=False, box_only=False):
+    cfg = add_point_sup_config(get_cfg())
+    cfg.MODEL.META_ARCHITECTURE = "PointSupCondInst"
+    cfg.DATASETS.TRAIN = (dataset,)
+    cfg.INPUT.POINT_SUP = point_sup_on
+    cfg.MODEL.BOXINST.ENABLED = box_only
+    cfg.MODEL.FCOS.NUM_CLASSES = 1
+    return cfg
+
+
+def test_condinst_configs_pass_on_their_own_kind_of_data(datasets):
+    check_point_supervision(_condinst_cfg(datasets["masks"]))
+    check_point_supervision(_condinst_cfg(datasets["points"], point_sup_on=True))
+    check_point_supervision(_condinst_cfg("nuclei_train_boxes", box_only=True))
+
+
+def test_box_only_config_given_masks_or_points_names_the_dataset_and_field(datasets):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset 'nuclei_train': annotation (id \d+|#0) of image .*train_0.png has 'segmentation'"
+        r".*'nuclei_train_boxes'",
+    ):
+        check_point_supervision(_condinst_cfg(datasets["masks"], box_only=True))
+    with pytest.raises(ValueError, match=r"dataset 'checks_nuclei_p2'.* has 'point_coords'"):
+        check_point_supervision(_condinst_cfg(datasets["points"], box_only=True))
+    with pytest.raises(ValueError, match="both on"):
+        check_point_supervision(_condinst_cfg(datasets["points"], point_sup_on=True, box_only=True))
+
+
+def test_condinst_point_and_mask_configs_on_the_wrong_data(datasets):
+    with pytest.raises(ValueError, match=r"dataset 'nuclei_train'.* has no 'point_coords'.*INPUT.POINT_SUP"):
+        check_point_supervision(_condinst_cfg(datasets["masks"], point_sup_on=True))
+    with pytest.raises(ValueError, match=r"dataset 'nuclei_train_boxes'.* has no 'segmentation'"):
+        check_point_supervision(_condinst_cfg("nuclei_train_boxes"))
+
+
+def test_condinst_class_count_is_fcos_num_classes(datasets):
+    cfg = _condinst_cfg(datasets["masks"])
+    cfg.MODEL.FCOS.NUM_CLASSES = 80
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 1
+    with pytest.raises(ValueError, match="1 thing_classes but MODEL.FCOS.NUM_CLASSES is 80"):
+        check_point_supervision(cfg)
+
+
+def test_box_only_view_keeps_boxes_and_drops_masks_and_points(datasets):
+    full = DatasetCatalog.get("nuclei_train")
+    boxes = DatasetCatalog.get("nuclei_train_boxes")
+    assert len(full) == len(boxes) and MetadataCatalog.get("nuclei_train_boxes").thing_classes == ["nucleus"]
+    for a, b in zip(full, boxes, strict=True):
+        assert len(a["annotations"]) == len(b["annotations"]) > 0
+        for x, y in zip(a["annotations"], b["annotations"], strict=True):
+            assert "segmentation" in x and "segmentation" not in y
+            assert {k: v for k, v in x.items() if k != "segmentation"} == y

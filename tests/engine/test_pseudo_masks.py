@@ -21,9 +21,12 @@ from point_sup_labels.file_io import atomic_write_bytes
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def p10_model_cfg(nuclei_datasets, tiny_overrides, tmp_path):
-    cfg = load_config(str(ROOT / "configs/nuclei/mask_rcnn_R_18_FPN_P10.yaml"), tiny_overrides)
+@pytest.fixture(
+    params=["configs/nuclei/mask_rcnn_R_18_FPN_P10.yaml", "configs/nuclei/condinst_R_18_FPN_P10.yaml"],
+    ids=["mask_rcnn", "condinst"],
+)
+def p10_model_cfg(request, nuclei_datasets, tiny_overrides, tmp_path):
+    cfg = load_config(str(ROOT / request.param), tiny_overrides)
     cfg.OUTPUT_DIR = str(tmp_path)
     return cfg
 

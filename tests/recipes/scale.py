@@ -21,6 +21,7 @@ RECIPE_SCALE_OPTS = [
     # 10 per image (of 100, 300 for LVIS), from 100 proposals (of 1000)
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "10",
     "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+    "MODEL.FCOS.INFERENCE_TH_TEST", "0.0",                # the same for CondInst / BoxInst's scores
 ]  # fmt: skip
 
 # Command-line flags whose value is replaced where a command has them.
@@ -44,6 +45,7 @@ SCALE_KEYS = {
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
     "TEST.DETECTIONS_PER_IMAGE",
     "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.FCOS.INFERENCE_TH_TEST",
 }
 
 # Weights: the ImageNet checkpoints the configs name (detectron2://ImageNetPretrained/...) cannot be

@@ -175,8 +175,10 @@ def check_records(records: list[dict], work: Path) -> None:
             output = _train_outputs(record, work)
             assert record["model_final_bytes"], f"no model_final.pth: {record['command']}"
             metrics = [json.loads(line) for line in (output / "metrics.json").read_text().splitlines()]
-            trained = [m for m in metrics if any(k.startswith("loss_mask") for k in m)]
-            losses = {k: v for k, v in (trained[-1] if trained else {}).items() if k.startswith("loss_mask")}
+            # the mask losses: loss_mask (masks or points; PointRend's loss_mask_point), BoxInst's two
+            mask_losses = ("loss_mask", "loss_prj", "loss_pairwise")
+            trained = [m for m in metrics if any(k.startswith(mask_losses) for k in m)]
+            losses = {k: v for k, v in (trained[-1] if trained else {}).items() if k.startswith(mask_losses)}
             assert losses and all(math.isfinite(v) for v in losses.values()), (record["command"], losses)
         if tool == "train_net.py":
             _segm_results(record, work)

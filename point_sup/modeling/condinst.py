@@ -1,0 +1,664 @@
+"""CondInst (Tian et al., ECCV 2020) on Detectron2's FCOS, trained from masks, P_N points or boxes
+(BoxInst, Tian et al., CVPR 2021): paper Table 3b (CondInst M 37.5, P10 + point aug. 35.7) and the
+box-only baseline of Figures 3 and 5 (BoxInst 31.6).
+
+``PointSupCondInst`` (``META_ARCH_REGISTRY``) is Detectron2's ``FCOS`` (its anchor points, matching,
+focal / GIoU / centerness losses and box decoding) plus CondInst's two additions:
+
+- a **controller**: one more 3x3 conv on FCOS's box tower, predicting at every location the
+  ``num_params`` parameters of a dynamic mask head (point_sup.modeling.dynamic_mask_head: three 1x1
+  convs, 8 channels, relative coordinates as two extra inputs);
+- a **mask branch** (point_sup.modeling.mask_branch) on P3-P5 giving 8 channels at stride 8.
+
+Each positive FCOS location (training) or detection (inference) runs its generated head on its
+image's mask features plus its relative coordinates, at stride 8; the logits are upsampled to
+``MODEL.CONDINST.MASK_OUT_STRIDE`` (4). Supervision (:attr:`PointSupCondInst.supervision`):
+
+``"mask"`` (M)
+    CondInst's dice loss on the ground-truth masks at stride 4 (point_sup.modeling.condinst_losses).
+``"points"`` (P_N, ``INPUT.POINT_SUP``)
+    the point BCE at each labelled point's own stride-4 cell, points outside the ground-truth box
+    ignored, nothing else supervised (paper footnote 2); point-based augmentation is the mapper's.
+``"boxes"`` (B, ``MODEL.BOXINST.ENABLED``)
+    BoxInst's projection and pairwise losses (point_sup.modeling.boxinst_losses); the pairwise term
+    ramps up linearly over ``MODEL.BOXINST.PAIRWISE.WARMUP_ITERS`` iterations of the trainer.
+
+Mask losses are named ``loss_mask`` (M, P_N) or ``loss_prj`` / ``loss_pairwise`` (B), next to FCOS's
+``loss_fcos_cls`` / ``loss_fcos_loc`` / ``loss_fcos_ctr``.
+
+Inference: FCOS's scores ``sqrt(p_cls * p_ctr)`` above ``MODEL.FCOS.INFERENCE_TH_TEST`` (CondInst's
+configs threshold after the centerness, as Detectron2's FCOS does), the top ``PRE_NMS_TOPK_TEST`` per
+level, boxes clipped to the image, class-wise NMS, ``TEST.DETECTIONS_PER_IMAGE`` kept. Masks are the stride-4
+logits upsampled to the input, resized to the output size and thresholded at probability 0.5;
+``MODEL.CONDINST.INFER_CROP_TO_BOX`` removes the pixels outside the predicted box (paper footnote 2,
+set by the P_N configs). Outputs are Detectron2's standard ``pred_boxes``, ``scores``,
+``pred_classes`` and full-image boolean ``pred_masks`` (N, H, W), as every evaluator expects.
+
+What differs from AdelaiDet's CondInst, which does not build on current Detectron2/torch and is not
+used: Detectron2's FCOS places anchor points at ``stride * (i, j)`` (AdelaiDet: ``+ stride // 2``) and
+has no learnable per-level scale; BoxInst's removal of the bottom 10 pixels of COCO images is not done.
+Registered as ``PointSupCondInst`` so that AdelaiDet's ``CondInst`` can be installed alongside.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, batched_nms
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.utils.events import get_event_storage
+from torch import nn
+
+from .boxinst_losses import color_similarity, neighbour_offsets, pairwise_loss, projection_loss, rgb_to_lab
+from .condinst_losses import (
+    box_masks_at_stride,
+    dice_loss,
+    mask_logits_to_image,
+    mask_targets_at_stride,
+    point_logits_at_cells,
+)
+from .dynamic_mask_head import (
+    DynamicMaskHeadLayout,
+    dynamic_mask_logits,
+    relative_coordinates,
+    upsample_logits,
+)
+from .mask_branch import MaskBranch
+from .point_features import get_point_coords_wrt_box
+from .point_loss import PADDING_LABEL, ignore_points_outside_boxes, point_bce_loss
+
+__all__ = ["SUPERVISIONS", "CondInstHead", "PairwiseOptions", "PointSupCondInst", "condinst_supervision"]
+
+logger = logging.getLogger(__name__)
+
+SUPERVISIONS = ("mask", "points", "boxes")
+
+
+def condinst_supervision(cfg) -> str:
+    """The supervision a CondInst config selects: ``"points"`` with ``INPUT.POINT_SUP``, ``"boxes"``
+    with ``MODEL.BOXINST.ENABLED``, ``"mask"`` otherwise; both switches on is an error."""
+    points, boxes = bool(cfg.INPUT.POINT_SUP), bool(cfg.MODEL.BOXINST.ENABLED)
+    if points and boxes:
+        raise ValueError("INPUT.POINT_SUP and MODEL.BOXINST.ENABLED are both on; a CondInst config uses one")
+    return "points" if points else "boxes" if boxes else "mask"
+
+
+@dataclass(frozen=True)
+class PairwiseOptions:
+    """BoxInst's pairwise term (``MODEL.BOXINST.PAIRWISE``)."""
+
+    size: int = 3
+    dilation: int = 2
+    color_thresh: float = 0.3
+    warmup_iters: int = 10000
+
+
+class CondInstHead(FCOSHead):
+    """Detectron2's ``FCOSHead`` plus CondInst's controller: a 3x3 conv on the box tower predicting
+    ``num_params`` dynamic-mask-head parameters per location (initialised N(0, 0.01²), bias 0)."""
+
+    def __init__(self, *, input_shape: list[ShapeSpec], conv_dims: list[int], num_params: int, **kwargs):
+        super().__init__(input_shape=input_shape, conv_dims=conv_dims, **kwargs)
+        self.controller = nn.Conv2d(conv_dims[-1], num_params, kernel_size=3, stride=1, padding=1)
+        nn.init.normal_(self.controller.weight, std=0.01)
+        nn.init.constant_(self.controller.bias, 0.0)
+
+    def forward(self, features: list[torch.Tensor]):
+        """
+        Args:
+            features: L feature maps (N, C, H_l, W_l).
+
+        Returns:
+            Four lists over levels: class logits (N, K, H_l, W_l), box deltas (N, 4, ...),
+            centerness (N, 1, ...), controller parameters (N, num_params, H_l, W_l).
+        """
+        if len(features) != self._num_features:
+            raise ValueError(f"expected {self._num_features} feature levels, got {len(features)}")
+        logits, deltas, ctrness, params = [], [], [], []
+        for feature in features:
+            logits.append(self.cls_score(self.cls_subnet(feature)))
+            box_feature = self.bbox_subnet(feature)
+            deltas.append(self.bbox_pred(box_feature))
+            ctrness.append(self.ctrness(box_feature))
+            params.append(self.controller(box_feature))
+        return logits, deltas, ctrness, params
+
+
+@dataclass
+class _MaskInstances:
+    """The instances whose masks are predicted: positives (training) or detections (inference).
+
+    image_index (R,) int64; params (R, P); locations (R, 2) anchor points (x, y); sizes_of_interest
+    (R,); gt_index (R,) int64 index into its image's ground truth (training only).
+    """
+
+    image_index: torch.Tensor
+    params: torch.Tensor
+    locations: torch.Tensor
+    sizes_of_interest: torch.Tensor
+    gt_index: torch.Tensor | None = None
+
+
+@META_ARCH_REGISTRY.register()
+class PointSupCondInst(FCOS):
+    """CondInst / BoxInst (see the module docstring)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        mask_branch: MaskBranch,
+        mask_head_layout: DynamicMaskHeadLayout,
+        supervision: str = "mask",
+        mask_out_stride: int = 4,
+        max_proposals: int = -1,
+        topk_proposals_per_image: int = -1,
+        infer_crop_to_box: bool = False,
+        pairwise: PairwiseOptions = PairwiseOptions(),
+        point_loss_normalization: str = "all_points",
+        input_format: str = "BGR",
+        **fcos_kwargs,
+    ):
+        """
+        Args:
+            mask_branch: the mask branch; its stride must be a multiple of ``mask_out_stride``.
+            mask_head_layout: shapes of the dynamic mask head (``num_params`` = the controller's).
+            supervision: one of :data:`SUPERVISIONS`.
+            mask_out_stride: stride of the predicted masks (4).
+            max_proposals, topk_proposals_per_image: ``MODEL.CONDINST`` (see point_sup.config).
+            infer_crop_to_box: remove mask pixels outside the predicted box at inference.
+            pairwise: BoxInst's pairwise options.
+            point_loss_normalization: ``MODEL.POINT_LOSS.NORMALIZATION`` of the P_N loss.
+            input_format: ``INPUT.FORMAT`` (BoxInst's colours are read from the input image).
+            fcos_kwargs: arguments of Detectron2's ``FCOS`` (backbone, head, head_in_features,
+                num_classes, ...).
+        """
+        super().__init__(**fcos_kwargs)
+        if supervision not in SUPERVISIONS:
+            raise ValueError(f"supervision must be one of {SUPERVISIONS}, got {supervision!r}")
+        if mask_branch.stride % mask_out_stride:
+            raise ValueError(
+                f"MODEL.CONDINST.MASK_OUT_STRIDE ({mask_out_stride}) must divide the mask branch's "
+                f"stride ({mask_branch.stride})"
+            )
+        if mask_branch.out_channels != mask_head_layout.in_channels:
+            raise ValueError("the mask branch's OUT_CHANNELS must be the dynamic mask head's input channels")
+        if input_format not in ("BGR", "RGB"):
+            raise ValueError(
+                f"PointSupCondInst reads colours from BGR or RGB input, not INPUT.FORMAT {input_format!r}"
+            )
+        self.mask_branch = mask_branch
+        self.mask_head_layout = mask_head_layout
+        self.supervision = supervision
+        self.mask_out_stride = mask_out_stride
+        self.max_proposals = max_proposals
+        self.topk_proposals_per_image = topk_proposals_per_image
+        self.infer_crop_to_box = infer_crop_to_box
+        self.pairwise = pairwise
+        self.pairwise_offsets = neighbour_offsets(pairwise.size, pairwise.dilation)
+        self.point_loss_normalization = point_loss_normalization
+        self.input_format = input_format
+        missing = [f for f in mask_branch.in_features if f not in self.head_in_features]
+        if missing:
+            raise ValueError(
+                f"MODEL.CONDINST.MASK_BRANCH.IN_FEATURES {mask_branch.in_features} must be among "
+                f"MODEL.FCOS.IN_FEATURES {self.head_in_features}"
+            )
+        shapes = self.backbone.output_shape()
+        # CondInst normalises relative coordinates by the level's size of interest: 8 x its stride
+        # (Detectron2's FCOS assigns each level objects up to that size).
+        self.sizes_of_interest = [8.0 * shapes[f].stride for f in self.head_in_features]
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        backbone = build_backbone(cfg)
+        shapes = backbone.output_shape()
+        fcos, condinst = cfg.MODEL.FCOS, cfg.MODEL.CONDINST
+        missing = [f for f in fcos.IN_FEATURES if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.FCOS.IN_FEATURES {list(fcos.IN_FEATURES)}: {missing} are not features of the "
+                f"backbone {cfg.MODEL.BACKBONE.NAME} ({sorted(shapes)}); use build_fcos_resnet_fpn_backbone"
+            )
+        branch_cfg = condinst.MASK_BRANCH
+        mask_branch = MaskBranch(
+            shapes,
+            branch_cfg.IN_FEATURES,
+            channels=branch_cfg.CHANNELS,
+            num_convs=branch_cfg.NUM_CONVS,
+            norm=branch_cfg.NORM,
+            out_channels=branch_cfg.OUT_CHANNELS,
+        )
+        layout = DynamicMaskHeadLayout(
+            in_channels=branch_cfg.OUT_CHANNELS,
+            channels=condinst.MASK_HEAD.CHANNELS,
+            num_layers=condinst.MASK_HEAD.NUM_LAYERS,
+            rel_coords=not condinst.MASK_HEAD.DISABLE_REL_COORDS,
+        )
+        feature_shapes = [shapes[f] for f in fcos.IN_FEATURES]
+        head = CondInstHead(
+            input_shape=feature_shapes,
+            conv_dims=[feature_shapes[0].channels] * fcos.NUM_CONVS,
+            num_params=layout.num_params,
+            num_classes=fcos.NUM_CLASSES,
+            norm=fcos.NORM,
+            prior_prob=fcos.PRIOR_PROB,
+        )
+        pw = cfg.MODEL.BOXINST.PAIRWISE
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": list(fcos.IN_FEATURES),
+            "num_classes": fcos.NUM_CLASSES,
+            "center_sampling_radius": fcos.CENTER_SAMPLING_RADIUS,
+            "focal_loss_alpha": fcos.LOSS_ALPHA,
+            "focal_loss_gamma": fcos.LOSS_GAMMA,
+            "test_score_thresh": fcos.INFERENCE_TH_TEST,
+            "test_topk_candidates": fcos.PRE_NMS_TOPK_TEST,
+            "test_nms_thresh": fcos.NMS_TH,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "mask_branch": mask_branch,
+            "mask_head_layout": layout,
+            "supervision": condinst_supervision(cfg),
+            "mask_out_stride": condinst.MASK_OUT_STRIDE,
+            "max_proposals": condinst.MAX_PROPOSALS,
+            "topk_proposals_per_image": condinst.TOPK_PROPOSALS_PER_IM,
+            "infer_crop_to_box": condinst.INFER_CROP_TO_BOX,
+            "pairwise": PairwiseOptions(pw.SIZE, pw.DILATION, pw.COLOR_THRESH, pw.WARMUP_ITERS),
+            "point_loss_normalization": cfg.MODEL.POINT_LOSS.NORMALIZATION,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    # ----------------------------------------------------------------------------------------------
+    # Shared
+    # ----------------------------------------------------------------------------------------------
+    def _mask_logits(self, mask_features: torch.Tensor, inst: _MaskInstances) -> torch.Tensor:
+        """(R, 1, H_o, W_o) logits at the mask output stride for the R instances."""
+        stride = self.mask_branch.stride
+        rel = None
+        if self.mask_head_layout.rel_coords:
+            rel = relative_coordinates(
+                inst.locations, inst.sizes_of_interest, tuple(mask_features.shape[-2:]), stride
+            )
+        logits = dynamic_mask_logits(mask_features, inst.image_index, inst.params, self.mask_head_layout, rel)
+        return upsample_logits(logits, stride // self.mask_out_stride)
+
+    def _level_tensors(self, anchors: list[Boxes]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchor points (R_total, 2) and sizes of interest (R_total,) over all levels, in order."""
+        centers = Boxes.cat(anchors).get_centers()
+        soi = torch.cat(
+            [
+                torch.full((len(a),), s, device=centers.device)
+                for a, s in zip(anchors, self.sizes_of_interest, strict=True)
+            ]
+        )
+        return centers, soi
+
+    # ----------------------------------------------------------------------------------------------
+    # Training
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _match(self, anchors: list[Boxes], gt_instances: list[Instances]):
+        """FCOS's labels and matched boxes (as Detectron2's ``label_anchors``) plus the matched
+        ground-truth index of every anchor point (-1 for background): lists over images of (R_total,)."""
+        labels, boxes, indices = [], [], []
+        total = sum(len(a) for a in anchors)
+        device = anchors[0].tensor.device
+        for inst in gt_instances:
+            if len(inst) == 0:
+                labels.append(torch.full((total,), self.num_classes, dtype=torch.int64, device=device))
+                boxes.append(torch.zeros((total, 4), device=device))
+                indices.append(torch.full((total,), -1, dtype=torch.int64, device=device))
+                continue
+            quality = self._match_anchors(inst.gt_boxes, anchors)  # (M, R), Detectron2's rule
+            best, idx = quality.max(dim=0)
+            idx[best < 1e-5] = -1
+            safe = idx.clamp(min=0)
+            lab = inst.gt_classes[safe].clone()
+            lab[idx < 0] = self.num_classes
+            labels.append(lab)
+            boxes.append(inst.gt_boxes.tensor[safe])
+            indices.append(idx)
+        return labels, boxes, indices
+
+    def forward_training(self, images: ImageList, features, predictions, gt_instances):
+        logits, deltas, ctrness, params = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1, self.mask_head_layout.num_params]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes, gt_index = self._match(anchors, gt_instances)
+        losses = self.losses(anchors, logits, gt_labels, deltas, gt_boxes, ctrness)
+
+        mask_features = self.mask_branch(dict(zip(self.head_in_features, features, strict=True)))
+        inst = self._positive_instances(anchors, gt_labels, gt_index, logits, ctrness, params)
+        get_event_storage().put_scalar("condinst/num_mask_instances", float(len(inst.image_index)))
+        mask_logits = self._mask_logits(mask_features, inst)
+        # Keeps every parameter in the graph when there is nothing to supervise (DDP needs it).
+        zero = (
+            mask_logits.sum() * 0.0
+            + mask_features.sum() * 0.0
+            + torch.cat([p.flatten() for p in params]).sum() * 0.0
+        )
+        if self.supervision == "mask":
+            losses["loss_mask"] = self._dice_loss(mask_logits, inst, gt_instances, images) + zero
+        elif self.supervision == "points":
+            losses["loss_mask"] = self._point_loss(mask_logits, inst, gt_instances) + zero
+        else:
+            prj, pairwise = self._box_losses(mask_logits, inst, gt_instances, images)
+            losses["loss_prj"] = prj + zero
+            losses["loss_pairwise"] = pairwise + zero
+        return losses
+
+    def _positive_instances(self, anchors, gt_labels, gt_index, logits, ctrness, params) -> _MaskInstances:
+        centers, soi = self._level_tensors(anchors)
+        labels = torch.stack(gt_labels)  # (N, R_total)
+        positive = (labels >= 0) & (labels != self.num_classes)
+        params_all = torch.cat(params, dim=1)  # (N, R_total, P)
+        if self.topk_proposals_per_image > 0:
+            with torch.no_grad():
+                score = (
+                    torch.cat(logits, dim=1).sigmoid().amax(dim=2)
+                    * torch.cat(ctrness, dim=1).sigmoid()[..., 0]
+                )
+            positive = self._topk_per_object(positive, torch.stack(gt_index), score)
+        image_index, anchor_index = positive.nonzero(as_tuple=True)
+        if self.max_proposals >= 0 and len(image_index) > self.max_proposals:
+            keep = torch.randperm(len(image_index), device=image_index.device)[: self.max_proposals]
+            image_index, anchor_index = image_index[keep], anchor_index[keep]
+        return _MaskInstances(
+            image_index=image_index,
+            params=params_all[image_index, anchor_index],
+            locations=centers[anchor_index],
+            sizes_of_interest=soi[anchor_index],
+            gt_index=torch.stack(gt_index)[image_index, anchor_index],
+        )
+
+    def _topk_per_object(
+        self, positive: torch.Tensor, gt_index: torch.Tensor, score: torch.Tensor
+    ) -> torch.Tensor:
+        """BoxInst's TOPK_PROPOSALS_PER_IM: per image, for each object, the ``k // #objects`` (at least
+        one) positive locations with the highest ``max_class p_cls * p_ctr``."""
+        kept = torch.zeros_like(positive)
+        for i in range(positive.shape[0]):
+            objects = gt_index[i][positive[i]].unique()
+            if len(objects) == 0:
+                continue
+            per_object = max(self.topk_proposals_per_image // len(objects), 1)
+            for obj in objects:
+                where = (positive[i] & (gt_index[i] == obj)).nonzero(as_tuple=True)[0]
+                best = score[i, where].topk(min(per_object, len(where))).indices
+                kept[i, where[best]] = True
+        return kept
+
+    @staticmethod
+    def _per_instance(inst: _MaskInstances, per_image: list[torch.Tensor]) -> torch.Tensor:
+        """Row ``gt_index`` of the image of each instance, from per-image tensors (G_i, ...)."""
+        counts = torch.tensor([len(t) for t in per_image], device=inst.gt_index.device)
+        offsets = counts.cumsum(0) - counts
+        return torch.cat(per_image)[offsets[inst.image_index] + inst.gt_index]
+
+    def _dice_loss(self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList) -> torch.Tensor:
+        if len(inst.image_index) == 0:
+            return mask_logits.sum() * 0.0
+        map_size = tuple(mask_logits.shape[-2:])
+        targets = []
+        for gt, image_size in zip(gt_instances, images.image_sizes, strict=True):
+            if len(gt) and not gt.has("gt_masks"):
+                raise ValueError(
+                    "CondInst trained from masks got objects without gt_masks; train from points with "
+                    "INPUT.POINT_SUP or from boxes with MODEL.BOXINST.ENABLED"
+                )
+            if len(gt):
+                targets.append(
+                    mask_targets_at_stride(gt.gt_masks, image_size, map_size, self.mask_out_stride)
+                )
+            else:
+                targets.append(torch.zeros((0, *map_size)))
+        target = self._per_instance(inst, [t.to(mask_logits.device) for t in targets])
+        return dice_loss(mask_logits.sigmoid()[:, 0], target).mean()
+
+    def _point_loss(self, mask_logits, inst: _MaskInstances, gt_instances) -> torch.Tensor:
+        if len(inst.image_index) == 0:
+            return mask_logits.sum() * 0.0
+        num_points = max(gt.gt_point_coords.shape[1] for gt in gt_instances)
+        coords = self._per_instance(
+            inst,
+            [
+                F.pad(gt.gt_point_coords, (0, 0, 0, num_points - gt.gt_point_coords.shape[1]))
+                for gt in gt_instances
+            ],
+        ).to(torch.float32)
+        labels = self._per_instance(
+            inst,
+            [
+                F.pad(gt.gt_point_labels, (0, num_points - gt.gt_point_labels.shape[1]), value=PADDING_LABEL)
+                for gt in gt_instances
+            ],
+        )
+        boxes = self._per_instance(inst, [gt.gt_boxes.tensor for gt in gt_instances])
+        labels = ignore_points_outside_boxes(get_point_coords_wrt_box(boxes, coords), labels)
+        point_logits = point_logits_at_cells(mask_logits, coords, self.mask_out_stride)
+        return point_bce_loss(
+            point_logits, labels, normalization=self.point_loss_normalization, log_prefix="condinst_point"
+        )
+
+    def _box_losses(self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList):
+        if len(inst.image_index) == 0:
+            zero = mask_logits.sum() * 0.0
+            return zero, zero
+        map_size = tuple(mask_logits.shape[-2:])
+        boxes = self._per_instance(inst, [gt.gt_boxes.tensor for gt in gt_instances])
+        box_masks = box_masks_at_stride(boxes, map_size, self.mask_out_stride)
+        logits = mask_logits[:, 0]
+        prj = projection_loss(logits.sigmoid(), box_masks).mean()
+        with torch.no_grad():
+            similarity = self._image_color_similarity(images, map_size)[inst.image_index]
+        pairwise = pairwise_loss(
+            logits, similarity, box_masks, self.pairwise_offsets, self.pairwise.color_thresh
+        )
+        return prj, pairwise * self._pairwise_warmup()
+
+    def _pairwise_warmup(self) -> float:
+        """Linear warm-up of the pairwise term over the trainer's iterations (1 outside a trainer)."""
+        if self.pairwise.warmup_iters <= 0:
+            return 1.0
+        try:
+            iteration = get_event_storage().iter
+        except AssertionError:
+            return 1.0
+        return min(float(iteration) / self.pairwise.warmup_iters, 1.0)
+
+    def _image_color_similarity(self, images: ImageList, map_size: tuple[int, int]) -> torch.Tensor:
+        """(N, K, H_o, W_o) colour similarities of the input images at the mask output stride."""
+        stride = self.mask_out_stride
+        pixels = images.tensor * self.pixel_std + self.pixel_mean  # the input image, 0-255
+        if self.input_format == "BGR":
+            pixels = pixels.flip(1)
+        height, width = map_size
+        pixels = F.pad(
+            pixels,
+            (0, max(0, width * stride - pixels.shape[-1]), 0, max(0, height * stride - pixels.shape[-2])),
+        )
+        pooled = F.avg_pool2d(pixels[..., : height * stride, : width * stride], stride, stride)
+        lab = rgb_to_lab(pooled / 255.0)
+        valid = torch.zeros((len(images), height, width), dtype=torch.bool, device=lab.device)
+        for i, (h, w) in enumerate(images.image_sizes):
+            valid[i, : math.ceil(h / stride), : math.ceil(w / stride)] = True
+        return color_similarity(lab, valid, self.pairwise_offsets)
+
+    # ----------------------------------------------------------------------------------------------
+    # Inference
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, batched_inputs):
+        """Training: FCOS's and the mask losses. Inference: Detectron2's standard outputs with
+        full-image ``pred_masks`` (see the module docstring)."""
+        if self.training:
+            return super().forward(batched_inputs)
+        return self.inference(batched_inputs)
+
+    def inference(
+        self,
+        batched_inputs: list[dict],
+        detected_instances: list[Instances] | None = None,
+        do_postprocess: bool = True,
+    ):
+        """Inference, as ``GeneralizedRCNN.inference``.
+
+        Args:
+            batched_inputs: as for ``forward``.
+            detected_instances: optional, per image, boxes to predict masks for (``pred_boxes`` in
+                the input image's coordinates, ``pred_classes``; other fields are kept), instead of
+                detecting: the self-training pseudo masks (point_sup.engine.pseudo_masks). Each box
+                takes the parameters of the location FCOS would assign it (its best-scoring matched
+                location for the box's class; else the best inside the box; else the nearest), and
+                its mask is restricted to the box, as a Mask R-CNN mask pasted into its box is.
+            do_postprocess: resize to each input's ``height`` x ``width`` and threshold the masks
+                (else: instances in input coordinates with ``pred_mask_logits``).
+
+        Returns:
+            ``[{"instances": Instances}]`` per image (or the list of Instances without postprocessing).
+        """
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        predictions = self.head(features)
+        if detected_instances is None:
+            results = self.forward_inference(images, features, predictions)
+            crop = self.infer_crop_to_box
+        else:
+            results = self._masks_for_given_boxes(images, features, predictions, detected_instances)
+            crop = True
+        if not do_postprocess:
+            return results
+        processed = []
+        for result, inputs, image_size in zip(results, batched_inputs, images.image_sizes, strict=True):
+            height = inputs.get("height", image_size[0])
+            width = inputs.get("width", image_size[1])
+            processed.append({"instances": self._postprocess(result, image_size, height, width, crop)})
+        return processed
+
+    def _masks_for_given_boxes(self, images, features, predictions, detected_instances) -> list[Instances]:
+        logits, _, ctrness, params = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1, self.mask_head_layout.num_params]
+        )
+        anchors = self.anchor_generator(features)
+        centers, soi = self._level_tensors(anchors)
+        mask_features = self.mask_branch(dict(zip(self.head_in_features, features, strict=True)))
+        results = []
+        for i, given in enumerate(detected_instances):
+            given = given.to(self.device)
+            boxes = given.pred_boxes
+            result = Instances(images.image_sizes[i], **given.get_fields())
+            if len(boxes) == 0:
+                result.pred_mask_logits = mask_features.new_zeros((0, 1, *self._mask_map_size(mask_features)))
+                results.append(result)
+                continue
+            classes = given.pred_classes.clamp(0, self.num_classes - 1)
+            prob = torch.cat(logits, dim=1)[i].sigmoid()[:, classes].T  # (M, R)
+            score = torch.sqrt(prob * torch.cat(ctrness, dim=1)[i, :, 0].sigmoid()[None])
+            matched = self._match_anchors(boxes, anchors) > 0
+            b = boxes.tensor
+            inside = (
+                (centers[None, :, 0] >= b[:, 0:1])
+                & (centers[None, :, 0] <= b[:, 2:3])
+                & (centers[None, :, 1] >= b[:, 1:2])
+                & (centers[None, :, 1] <= b[:, 3:4])
+            )
+            dist = ((centers[None] - boxes.get_centers()[:, None]) ** 2).sum(dim=2)
+            tier = matched.to(score.dtype) + inside.to(score.dtype)
+            key = torch.where(tier > 0, 10.0 * tier + score, -dist / (dist.max() + 1.0))
+            flat = key.argmax(dim=1)
+            inst = _MaskInstances(
+                image_index=torch.full_like(flat, i),
+                params=torch.cat(params, dim=1)[i][flat],
+                locations=centers[flat],
+                sizes_of_interest=soi[flat],
+            )
+            result.pred_mask_logits = self._mask_logits(mask_features, inst)
+            results.append(result)
+        return results
+
+    def _mask_map_size(self, mask_features: torch.Tensor) -> tuple[int, int]:
+        factor = self.mask_branch.stride // self.mask_out_stride
+        return mask_features.shape[-2] * factor, mask_features.shape[-1] * factor
+
+    def forward_inference(self, images: ImageList, features, predictions) -> list[Instances]:
+        """Detections with ``pred_mask_logits`` (D, 1, H_o, W_o) at the mask output stride, per image,
+        in input coordinates."""
+        logits, deltas, ctrness, params = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1, self.mask_head_layout.num_params]
+        )
+        anchors = self.anchor_generator(features)
+        mask_features = self.mask_branch(dict(zip(self.head_in_features, features, strict=True)))
+        results = []
+        for i, image_size in enumerate(images.image_sizes):
+            det, inst = self._detect(i, image_size, anchors, logits, deltas, ctrness, params)
+            det.pred_mask_logits = self._mask_logits(mask_features, inst)
+            results.append(det)
+        return results
+
+    def _detect(self, i, image_size, anchors, logits, deltas, ctrness, params):
+        """FCOS decoding of image ``i`` keeping each detection's location and parameters."""
+        boxes, scores, classes, levels, anchor_rows = [], [], [], [], []
+        for level, (a, lg, dl, ct) in enumerate(zip(anchors, logits, deltas, ctrness, strict=True)):
+            score = torch.sqrt(lg[i].sigmoid() * ct[i].sigmoid())  # (R_l, K)
+            candidates = (score > self.test_score_thresh).nonzero()
+            cand_scores = score[candidates[:, 0], candidates[:, 1]]
+            num = min(len(cand_scores), self.test_topk_candidates)
+            cand_scores, order = cand_scores.topk(num)
+            rows, cls = candidates[order, 0], candidates[order, 1]
+            box = self.box2box_transform.apply_deltas(dl[i][rows], a.tensor[rows])
+            boxes.append(box)
+            scores.append(cand_scores)
+            classes.append(cls)
+            levels.append(torch.full_like(rows, level))
+            anchor_rows.append(rows)
+        boxes = Boxes(torch.cat(boxes))
+        boxes.clip(image_size)
+        scores, classes = torch.cat(scores), torch.cat(classes)
+        levels, anchor_rows = torch.cat(levels), torch.cat(anchor_rows)
+        keep = batched_nms(boxes.tensor, scores, classes, self.test_nms_thresh)[
+            : self.max_detections_per_image
+        ]
+        levels, anchor_rows = levels[keep], anchor_rows[keep]
+        offsets = torch.tensor([0] + [len(a) for a in anchors[:-1]], device=levels.device).cumsum(0)
+        flat = offsets[levels] + anchor_rows
+        centers, soi = self._level_tensors(anchors)
+        params_all = torch.cat(params, dim=1)[i]
+        det = Instances(image_size, pred_boxes=boxes[keep], scores=scores[keep], pred_classes=classes[keep])
+        inst = _MaskInstances(
+            image_index=torch.full_like(flat, i),
+            params=params_all[flat],
+            locations=centers[flat],
+            sizes_of_interest=soi[flat],
+        )
+        return det, inst
+
+    def _postprocess(
+        self, det: Instances, image_size: tuple[int, int], height: int, width: int, crop_to_box: bool
+    ) -> Instances:
+        """Rescale to the output size (Detectron2's ``detector_postprocess`` for the boxes) and turn
+        the mask logits into full-image boolean masks."""
+        result = detector_postprocess(det, height, width)
+        logits = result.get("pred_mask_logits")
+        result.remove("pred_mask_logits")
+        logits = mask_logits_to_image(logits, self.mask_out_stride, image_size)
+        if len(logits) and (logits.shape[-2] != height or logits.shape[-1] != width):
+            logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        masks = logits[:, 0] > 0.0  # probability > 0.5
+        if len(logits) == 0:
+            masks = torch.zeros((0, height, width), dtype=torch.bool, device=logits.device)
+        if crop_to_box and len(masks):
+            masks &= box_masks_at_stride(result.pred_boxes.tensor, (height, width), 1).bool()
+        result.pred_masks = masks
+        return result

@@ -1,0 +1,120 @@
+"""Mask losses of CondInst trained from masks (M) or from P_N points (paper Table 3b, footnote 2).
+
+All maps are in the stride-s frame of point_sup.modeling.dynamic_mask_head: cell ``(r, c)`` covers
+input coordinates ``[c s, (c + 1) s) x [r s, (r + 1) s)``.
+
+M (CondInst's loss)
+    :func:`dice_loss` of the predicted probabilities against the ground-truth mask sampled at stride
+    s (:func:`mask_targets_at_stride`: the input pixel ``(r s + s // 2, c s + s // 2)``, CondInst's).
+P_N (paper footnote 2)
+    per-point cross-entropy *without interpolation*: each labelled point reads the logit of the cell
+    that contains it, ``(floor(y / s), floor(x / s))`` (:func:`point_logits_at_cells`); points outside
+    the ground-truth box are ignored and every other cell is unsupervised. The BCE is point_sup's one
+    point loss (point_sup.modeling.point_loss.point_bce_loss) with its normalisation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import BitMasks, PolygonMasks
+
+__all__ = [
+    "box_masks_at_stride",
+    "dice_loss",
+    "mask_logits_to_image",
+    "mask_targets_at_stride",
+    "point_logits_at_cells",
+]
+
+
+def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """CondInst's dice loss, per instance: ``1 - 2 sum(p t) / (sum p² + sum t² + eps)``.
+
+    Args:
+        probs: (R, ...) probabilities.
+        targets: (R, ...) targets in [0, 1], the same shape.
+
+    Returns:
+        (R,) losses (the caller averages).
+    """
+    p, t = probs.flatten(1), targets.flatten(1).to(probs.dtype)
+    intersection = (p * t).sum(dim=1)
+    union = (p * p).sum(dim=1) + (t * t).sum(dim=1) + eps
+    return 1.0 - 2.0 * intersection / union
+
+
+def mask_targets_at_stride(
+    gt_masks: BitMasks | PolygonMasks, image_size: tuple[int, int], map_size: tuple[int, int], stride: int
+) -> torch.Tensor:
+    """Ground-truth masks of one image sampled on a stride-``stride`` map of the padded input.
+
+    Args:
+        gt_masks: G masks of the image (polygons are rasterized at ``image_size``).
+        image_size: (h, w) of the image (unpadded network input).
+        map_size: (H, W) of the map; ``H * stride >= h`` and ``W * stride >= w``.
+        stride: of the map.
+
+    Returns:
+        (G, H, W) float32: the value of input pixel ``(r s + s // 2, c s + s // 2)``; 0 in padding.
+    """
+    if isinstance(gt_masks, PolygonMasks):
+        gt_masks = BitMasks.from_polygon_masks(gt_masks, *image_size)
+    masks = gt_masks.tensor.to(torch.float32)
+    height, width = map_size
+    padded = masks.new_zeros((masks.shape[0], height * stride, width * stride))
+    h, w = min(masks.shape[1], height * stride), min(masks.shape[2], width * stride)
+    padded[:, :h, :w] = masks[:, :h, :w]
+    start = stride // 2
+    return padded[:, start::stride, start::stride]
+
+
+def box_masks_at_stride(boxes: torch.Tensor, map_size: tuple[int, int], stride: int) -> torch.Tensor:
+    """Which cells of a stride-``stride`` map lie in each box: those whose centre is in the closed box.
+
+    Args:
+        boxes: (R, 4) XYXY input coordinates.
+        map_size: (H, W).
+        stride: of the map.
+
+    Returns:
+        (R, H, W) float32 in {0, 1}.
+    """
+    height, width = map_size
+    xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) * stride
+    ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) * stride
+    b = boxes.to(torch.float32)
+    in_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] <= b[:, 2:3])  # (R, W)
+    in_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] <= b[:, 3:4])  # (R, H)
+    return (in_y[:, :, None] & in_x[:, None, :]).to(torch.float32)
+
+
+def point_logits_at_cells(logits: torch.Tensor, point_coords: torch.Tensor, stride: int) -> torch.Tensor:
+    """The logit of the cell containing each point (no interpolation).
+
+    Args:
+        logits: (R, 1, H, W) mask logits of R instances on a stride-``stride`` map.
+        point_coords: (R, P, 2) input coordinates (x, y) of each instance's points.
+        stride: of the map.
+
+    Returns:
+        (R, P) logits; points beyond the map read the nearest border cell (callers ignore them
+        through their labels: such points are outside the image or the box).
+    """
+    num, _, height, width = logits.shape
+    if num == 0 or point_coords.shape[1] == 0:
+        return logits.new_zeros(point_coords.shape[:2])
+    cols = torch.floor(point_coords[..., 0] / stride).long().clamp(0, width - 1)
+    rows = torch.floor(point_coords[..., 1] / stride).long().clamp(0, height - 1)
+    return torch.gather(logits.reshape(num, height * width), 1, rows * width + cols)
+
+
+def mask_logits_to_image(logits: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:
+    """Stride-s mask logits to input pixels: bilinear by ``stride`` (cell centres onto pixel centres),
+    cropped to the unpadded image. (R, 1, H, W) -> (R, 1, h, w)."""
+    up = (
+        F.interpolate(logits, scale_factor=stride, mode="bilinear", align_corners=False)
+        if stride > 1
+        else logits
+    )
+    return up[..., : image_size[0], : image_size[1]]
