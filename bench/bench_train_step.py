@@ -45,10 +45,58 @@ VARIANTS: dict[str, tuple[str, bool, list]] = {
 }
 
 
+def time_train_steps(trainer, device: str, warmup: int, steps: int) -> list[float]:
+    """Run ``warmup + steps`` iterations of ``trainer.run_step()`` (a Detectron2 trainer), as its
+    ``train()`` would (an ``EventStorage``, ``iter`` set before each step); return the seconds of
+    each of the last ``steps``, synchronising CUDA around each step on ``device == "cuda"``."""
+    import torch
+    from detectron2.utils.events import EventStorage
+
+    times = []
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        for i in range(warmup + steps):
+            trainer.iter = storage.iter = i
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            trainer.run_step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_memory_mib(device: str) -> float:
+    """This process's peak memory so far, MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else
+    the maximum resident set size."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_workers(script: str, names: list[str], argv: list[str]) -> dict[str, dict]:
+    """Run ``script --worker NAME *argv`` in a fresh process per name, in order (so that each peak
+    memory is that variant's own); return ``{name: the dict its last "RESULT {json}" line printed}``.
+    Exits with the worker's stderr tail if one fails."""
+    results = {}
+    for name in names:
+        cmd = [sys.executable, script, "--worker", name, *argv]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
+        print(f"measured {name}: {results[name]}", file=sys.stderr, flush=True)
+    return results
+
+
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     """In this process: build the variant, run warm-up + timed steps, return its measurements."""
     import torch
-    from detectron2.utils.events import EventStorage
 
     from point_sup.data import register_nuclei
     from point_sup.engine import PointSupTrainer
@@ -80,25 +128,13 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, overrides)
     cfg.freeze()
     trainer = PointSupTrainer(cfg)
-    times = []
-    with EventStorage(0) as storage:
-        trainer.storage = storage
-        for i in range(args.warmup + args.steps):
-            trainer.iter = i
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            trainer.run_step()
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t0)
-    if args.device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    times = time_train_steps(trainer, args.device, args.warmup, args.steps)
     params = sum(p.numel() for p in trainer.model.roi_heads.mask_head.parameters())
-    return {"step_s": statistics.median(times), "peak_mib": peak, "mask_head_params": params}
+    return {
+        "step_s": statistics.median(times),
+        "peak_mib": peak_memory_mib(args.device),
+        "mask_head_params": params,
+    }
 
 
 def main() -> None:
@@ -119,15 +155,7 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(run_variant(args.worker, args)), flush=True)
         return
-    results = {}
-    for name in args.variants:
-        cmd = [sys.executable, __file__, "--worker", name, *sys.argv[1:]]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(lines[-1][len("RESULT ") :])
-        print(f"measured {name}: {results[name]}", file=sys.stderr, flush=True)
+    results = run_workers(__file__, args.variants, sys.argv[1:])
     base = results.get("standard (M)")
     print(f"\ntrain step, {args.device}, batch {args.batch}, shorter side {args.size}, config {args.config}")
     print(f"{'variant':<34}{'step (s)':>10}{'x std':>8}{'peak MiB':>10}{'x std':>8}{'mask-head params':>18}")

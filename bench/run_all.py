@@ -9,6 +9,8 @@ Each benchmark prints ratios against a baseline measured in the same run (see it
 * bench_mask_head_speed.py    - point-loss Mask R-CNN head vs Detectron2's head (head step)
 * bench_implicit_point_rend.py - Implicit PointRend paper-faithful vs light (size, step)
 * bench_train_step.py         - whole-model train step + peak memory, all heads vs the standard one
+* bench_condinst_train_step.py - whole-model train step + peak memory, CondInst/BoxInst vs
+  Mask R-CNN P10
 
 ``--quick`` shrinks each run (fewer instances/repeats) for a smoke test. The accuracy study is
 separate and long: ``bench/miniature_replication.py``.
@@ -32,6 +34,7 @@ def benchmarks(device: str, quick: bool) -> list[list[str]]:
         ["bench_mask_head_speed.py", *gpu, *(["--repeats", "3"] if quick else [])],
         ["bench_implicit_point_rend.py", *gpu, *(["--iters", "1"] if quick else [])],
         ["bench_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
+        ["bench_condinst_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
     ]
 
 

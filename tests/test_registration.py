@@ -21,6 +21,25 @@ def test_heads_registered():
     assert not {"PointRendMaskHead", "ImplicitPointRendMaskHead"} & set(HEADS)
 
 
+def test_condinst_and_its_backbone_registered():
+    from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
+
+    assert "PointSupCondInst" in META_ARCH_REGISTRY and "CondInst" not in META_ARCH_REGISTRY  # AdelaiDet's
+    assert "build_fcos_resnet_fpn_backbone" in BACKBONE_REGISTRY
+    cfg = point_sup.add_point_sup_config(get_cfg())
+    # CondInst / BoxInst defaults: the CondInst and BoxInst papers'
+    assert cfg.MODEL.CONDINST.MASK_OUT_STRIDE == 4 and cfg.MODEL.CONDINST.MASK_HEAD.NUM_LAYERS == 3
+    assert cfg.MODEL.CONDINST.MASK_HEAD.CHANNELS == 8 and cfg.MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS == 8
+    assert (cfg.MODEL.BOXINST.PAIRWISE.SIZE, cfg.MODEL.BOXINST.PAIRWISE.DILATION) == (3, 2)
+    assert cfg.MODEL.BOXINST.PAIRWISE.COLOR_THRESH == 0.3 and cfg.MODEL.BOXINST.ENABLED is False
+
+
+def test_box_only_views_registered_lazily():
+    for name in ("coco_2017_train", "voc_2012_train_instance", "cityscapes_fine_instance_seg_train"):
+        assert name + "_boxes" in DatasetCatalog.list()
+        assert MetadataCatalog.get(name + "_boxes").box_only_of == name
+
+
 def test_builtin_datasets_registered_lazily():
     for train, val in POINT_SUP_DATASET_PAIRS.items():
         assert train in DatasetCatalog.list()

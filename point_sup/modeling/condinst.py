@@ -59,6 +59,7 @@ from torch import nn
 
 from .boxinst_losses import color_similarity, neighbour_offsets, pairwise_loss, projection_loss, rgb_to_lab
 from .condinst_losses import (
+    box_cells_at_stride,
     box_masks_at_stride,
     dice_loss,
     mask_logits_to_image,
@@ -659,6 +660,6 @@ class PointSupCondInst(FCOS):
         if len(logits) == 0:
             masks = torch.zeros((0, height, width), dtype=torch.bool, device=logits.device)
         if crop_to_box and len(masks):
-            masks &= box_masks_at_stride(result.pred_boxes.tensor, (height, width), 1).bool()
+            masks &= box_cells_at_stride(result.pred_boxes.tensor, (height, width), 1)
         result.pred_masks = masks
         return result

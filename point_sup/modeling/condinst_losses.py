@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from detectron2.structures import BitMasks, PolygonMasks
 
 __all__ = [
+    "box_cells_at_stride",
     "box_masks_at_stride",
     "dice_loss",
     "mask_logits_to_image",
@@ -80,13 +81,18 @@ def box_masks_at_stride(boxes: torch.Tensor, map_size: tuple[int, int], stride: 
     Returns:
         (R, H, W) float32 in {0, 1}.
     """
+    return box_cells_at_stride(boxes, map_size, stride).to(torch.float32)
+
+
+def box_cells_at_stride(boxes: torch.Tensor, map_size: tuple[int, int], stride: int) -> torch.Tensor:
+    """:func:`box_masks_at_stride` as a bool tensor (R, H, W) (1 byte per cell: full-image masks)."""
     height, width = map_size
     xs = (torch.arange(width, device=boxes.device, dtype=torch.float32) + 0.5) * stride
     ys = (torch.arange(height, device=boxes.device, dtype=torch.float32) + 0.5) * stride
     b = boxes.to(torch.float32)
     in_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] <= b[:, 2:3])  # (R, W)
     in_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] <= b[:, 3:4])  # (R, H)
-    return (in_y[:, :, None] & in_x[:, None, :]).to(torch.float32)
+    return in_y[:, :, None] & in_x[:, None, :]
 
 
 def point_logits_at_cells(logits: torch.Tensor, point_coords: torch.Tensor, stride: int) -> torch.Tensor:
