@@ -26,6 +26,7 @@ __all__ = [
     "POINT_HEAD_NAME_DEFAULT",
     "add_point_sup_config",
     "check_point_head_name",
+    "condinst_supervision",
     "is_condinst",
     "num_classes_key",
 ]
@@ -226,3 +227,12 @@ def num_classes_key(cfg: CN) -> str:
     """The key holding the model's number of classes: ``MODEL.FCOS.NUM_CLASSES`` for CondInst /
     BoxInst (AdelaiDet's key), ``MODEL.ROI_HEADS.NUM_CLASSES`` for the R-CNN models."""
     return "MODEL.FCOS.NUM_CLASSES" if is_condinst(cfg) else "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
+def condinst_supervision(cfg: CN) -> str:
+    """The supervision a CondInst config selects: ``"points"`` with ``INPUT.POINT_SUP``, ``"boxes"``
+    with ``MODEL.BOXINST.ENABLED``, ``"mask"`` otherwise; both switches on is an error."""
+    points, boxes = bool(cfg.INPUT.POINT_SUP), bool(cfg.MODEL.BOXINST.ENABLED)
+    if points and boxes:
+        raise ValueError("INPUT.POINT_SUP and MODEL.BOXINST.ENABLED are both on; a CondInst config uses one")
+    return "points" if points else "boxes" if boxes else "mask"

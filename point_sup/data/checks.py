@@ -13,7 +13,7 @@ from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
 
 from point_sup_labels.point_fields import POINT_FIELDS
 
-from ..config import check_point_head_classes, is_condinst, num_classes_key
+from ..config import check_point_head_classes, condinst_supervision, is_condinst, num_classes_key
 
 __all__ = ["check_point_supervision", "uses_point_head"]
 
@@ -93,9 +93,7 @@ def check_point_supervision(
     point_sup = bool(cfg.INPUT.POINT_SUP)
     classes_key = num_classes_key(cfg)
     num_classes = cfg.MODEL.FCOS.NUM_CLASSES if is_condinst(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    box_only = is_condinst(cfg) and bool(cfg.MODEL.BOXINST.ENABLED)
-    if box_only and point_sup:
-        raise ValueError("INPUT.POINT_SUP and MODEL.BOXINST.ENABLED are both on; a CondInst config uses one")
+    box_only = is_condinst(cfg) and condinst_supervision(cfg) == "boxes"  # raises if both are on
 
     if cfg.INPUT.SAMPLE_POINTS < 0:
         raise ValueError(

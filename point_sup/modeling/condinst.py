@@ -57,6 +57,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..config import condinst_supervision
 from .boxinst_losses import color_similarity, neighbour_offsets, pairwise_loss, projection_loss, rgb_to_lab
 from .condinst_losses import (
     box_cells_at_stride,
@@ -76,20 +77,11 @@ from .mask_branch import MaskBranch
 from .point_features import get_point_coords_wrt_box
 from .point_loss import PADDING_LABEL, ignore_points_outside_boxes, point_bce_loss
 
-__all__ = ["SUPERVISIONS", "CondInstHead", "PairwiseOptions", "PointSupCondInst", "condinst_supervision"]
+__all__ = ["SUPERVISIONS", "CondInstHead", "PairwiseOptions", "PointSupCondInst"]
 
 logger = logging.getLogger(__name__)
 
 SUPERVISIONS = ("mask", "points", "boxes")
-
-
-def condinst_supervision(cfg) -> str:
-    """The supervision a CondInst config selects: ``"points"`` with ``INPUT.POINT_SUP``, ``"boxes"``
-    with ``MODEL.BOXINST.ENABLED``, ``"mask"`` otherwise; both switches on is an error."""
-    points, boxes = bool(cfg.INPUT.POINT_SUP), bool(cfg.MODEL.BOXINST.ENABLED)
-    if points and boxes:
-        raise ValueError("INPUT.POINT_SUP and MODEL.BOXINST.ENABLED are both on; a CondInst config uses one")
-    return "points" if points else "boxes" if boxes else "mask"
 
 
 @dataclass(frozen=True)
@@ -555,6 +547,8 @@ class PointSupCondInst(FCOS):
         anchors = self.anchor_generator(features)
         centers, soi = self._level_tensors(anchors)
         mask_features = self.mask_branch(dict(zip(self.head_in_features, features, strict=True)))
+        logits_all, ctrness_all = torch.cat(logits, dim=1), torch.cat(ctrness, dim=1)  # (N, R_total, ...)
+        params_all = torch.cat(params, dim=1)
         results = []
         for i, given in enumerate(detected_instances):
             given = given.to(self.device)
@@ -565,8 +559,8 @@ class PointSupCondInst(FCOS):
                 results.append(result)
                 continue
             classes = given.pred_classes.clamp(0, self.num_classes - 1)
-            prob = torch.cat(logits, dim=1)[i].sigmoid()[:, classes].T  # (M, R)
-            score = torch.sqrt(prob * torch.cat(ctrness, dim=1)[i, :, 0].sigmoid()[None])
+            prob = logits_all[i].sigmoid()[:, classes].T  # (M, R)
+            score = torch.sqrt(prob * ctrness_all[i, :, 0].sigmoid()[None])
             matched = self._match_anchors(boxes, anchors) > 0
             b = boxes.tensor
             inside = (
@@ -581,7 +575,7 @@ class PointSupCondInst(FCOS):
             flat = key.argmax(dim=1)
             inst = _MaskInstances(
                 image_index=torch.full_like(flat, i),
-                params=torch.cat(params, dim=1)[i][flat],
+                params=params_all[i, flat],
                 locations=centers[flat],
                 sizes_of_interest=soi[flat],
             )
@@ -601,15 +595,20 @@ class PointSupCondInst(FCOS):
         )
         anchors = self.anchor_generator(features)
         mask_features = self.mask_branch(dict(zip(self.head_in_features, features, strict=True)))
+        centers, soi = self._level_tensors(anchors)
+        params_all = torch.cat(params, dim=1)  # (N, R_total, P)
         results = []
         for i, image_size in enumerate(images.image_sizes):
-            det, inst = self._detect(i, image_size, anchors, logits, deltas, ctrness, params)
+            det, inst = self._detect(
+                i, image_size, anchors, logits, deltas, ctrness, params_all, centers, soi
+            )
             det.pred_mask_logits = self._mask_logits(mask_features, inst)
             results.append(det)
         return results
 
-    def _detect(self, i, image_size, anchors, logits, deltas, ctrness, params):
-        """FCOS decoding of image ``i`` keeping each detection's location and parameters."""
+    def _detect(self, i, image_size, anchors, logits, deltas, ctrness, params_all, centers, soi):
+        """FCOS decoding of image ``i`` keeping each detection's location and parameters
+        (``params_all`` (N, R_total, P), ``centers`` / ``soi`` over all levels: see _level_tensors)."""
         boxes, scores, classes, levels, anchor_rows = [], [], [], [], []
         for level, (a, lg, dl, ct) in enumerate(zip(anchors, logits, deltas, ctrness, strict=True)):
             score = torch.sqrt(lg[i].sigmoid() * ct[i].sigmoid())  # (R_l, K)
@@ -634,12 +633,10 @@ class PointSupCondInst(FCOS):
         levels, anchor_rows = levels[keep], anchor_rows[keep]
         offsets = torch.tensor([0] + [len(a) for a in anchors[:-1]], device=levels.device).cumsum(0)
         flat = offsets[levels] + anchor_rows
-        centers, soi = self._level_tensors(anchors)
-        params_all = torch.cat(params, dim=1)[i]
         det = Instances(image_size, pred_boxes=boxes[keep], scores=scores[keep], pred_classes=classes[keep])
         inst = _MaskInstances(
             image_index=torch.full_like(flat, i),
-            params=params_all[flat],
+            params=params_all[i, flat],
             locations=centers[flat],
             sizes_of_interest=soi[flat],
         )
