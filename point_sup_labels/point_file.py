@@ -16,7 +16,7 @@ import orjson
 from .coco_format import CocoInstances, dumps_json, load_coco_instances
 from .file_io import atomic_write_bytes
 from .label_noise import NoiseMode
-from .simulate import PointSamples, SimulationStats, simulate_point_annotations
+from .simulate import PointSamples, SimulationStats, apply_supervision, simulate_point_annotations
 
 __all__ = [
     "apply_point_samples",
@@ -95,8 +95,15 @@ def write_point_annotation_file(
     noise_rate: float = 0.0,
     noise_mode: NoiseMode = "random",
     keep_masks: bool = False,
+    keep_masks_fraction: float = 0.0,
+    box_only_fraction: float = 0.0,
+    fraction_of: str = "objects",
 ) -> SimulationStats:
     """Simulate P_N for a COCO-format file and write the result atomically (library form of the CLI).
+
+    ``keep_masks_fraction`` / ``box_only_fraction`` / ``fraction_of``: the CLI's mixed-supervision
+    options (:func:`point_sup_labels.simulate.select_supervision`); at 0 the output is byte-identical
+    to a file written without them.
 
     The arguments are the CLI's options for one version (see :func:`simulate_point_annotations`). For
     several versions at once or worker processes use ``tools/prepare_point_annotations.py``; this
@@ -112,6 +119,14 @@ def write_point_annotation_file(
         noise_rate=noise_rate,
         noise_mode=noise_mode,
         drop_segmentation=not keep_masks,
+        keep_masks_fraction=keep_masks_fraction,
+        box_only_fraction=box_only_fraction,
+        fraction_of=fraction_of,
     )
-    atomic_write_bytes(output_json, dumps_point_annotations(instances, samples[0]))
+    if samples[0].supervision is None:
+        atomic_write_bytes(output_json, dumps_point_annotations(instances, samples[0]))
+    else:
+        set_point_fields(instances.annotations, samples[0])
+        apply_supervision(instances.annotations, samples[0].supervision)
+        atomic_write_bytes(output_json, dumps_json(instances.data))
     return stats

@@ -8,7 +8,9 @@ element boundaries into one byte range (*shard*) per worker; each worker reads, 
 labels and serializes its own shard, and keeps it between these steps. The main process parses
 only the rest of the file (``images``, ``categories``, ...), draws the label noise (which needs
 every label of the dataset) and joins the serialized shards. The output is byte-identical to the
-whole-file path's (same per-annotation random streams, same serializer, same key order).
+whole-file path's (same per-annotation random streams, same serializer, same key order); so is
+the choice of the objects that keep a mask or only a box (``SimulationOptions``' fractions), a
+hash of (seed, annotation or image id) made by each worker for its own annotations.
 
 Cutting JSON text without parsing it is a guess: a cut is made at a ``}`` ``,`` ``{`` (whitespace
 allowed) followed by the first key of the array's first element when there is one (``},{"id":``),
@@ -62,10 +64,12 @@ from .label_noise import NoiseMode
 from .point_file import set_point_fields
 from .process import die_with_parent, forking_workers, keep_freed_memory
 from .simulate import (
+    FractionOf,
     LabelledPoints,
     PointSamples,
     SimulationOptions,
     SimulationStats,
+    apply_supervision,
     finish,
     label_annotations,
 )
@@ -166,6 +170,7 @@ class _Shard:
         self.images: dict[int, dict[str, int]] = {}
         self.coords: list[np.ndarray] = []  # per version, (A_i, N, 2)
         self.has = np.zeros(0, dtype=bool)
+        self.supervision: np.ndarray | None = None  # None: every annotation gets points
         self.text = b""  # serialized, waiting for write()
 
     def parse(self, path: str, start: int, stop: int, last: bool) -> tuple[int, dict[str, Any] | None]:
@@ -226,6 +231,7 @@ class _Shard:
             raise NotShardableError("bad polygon coordinates or RLE data") from None
         self.has = points.has_points
         self.coords = [v.coords for v in points.versions]
+        self.supervision = points.supervision if options.mixed else None
         return points.without_coords()
 
     def serialize(self, k: int, labels: np.ndarray, keep: bool) -> bytes | int:
@@ -234,6 +240,7 @@ class _Shard:
         With ``keep``, the text stays here for :meth:`write` and only its length is returned.
         """
         set_point_fields(self.anns, PointSamples(coords=self.coords[k], labels=labels, has_points=self.has))
+        apply_supervision(self.anns, self.supervision)
         text = dumps_json(self.anns)[1:-1]
         if not keep:
             return text
@@ -487,12 +494,24 @@ class ShardedSimulation:
         versions: Sequence[int] = (0,),
         noise_rate: float = 0.0,
         noise_mode: NoiseMode = "random",
+        keep_masks_fraction: float = 0.0,
+        box_only_fraction: float = 0.0,
+        fraction_of: FractionOf = "objects",
         drop_segmentation: bool = True,
         chunk_size: int = 2048,
         progress: Callable[[int], None] | None = None,
     ) -> SimulationStats:
         """Simulate every version (arguments as in ``simulate_point_annotations``); counts."""
-        options = SimulationOptions(num_points, seed, tuple(versions), noise_rate, noise_mode)
+        options = SimulationOptions(
+            num_points,
+            seed,
+            tuple(versions),
+            noise_rate,
+            noise_mode,
+            keep_masks_fraction,
+            box_only_fraction,
+            fraction_of,
+        )
         args = (options, drop_segmentation, chunk_size)
         shards = self._workers.request("simulate", [args] * len(self._counts), progress)
         points = LabelledPoints.concatenate(shards, options)

@@ -23,6 +23,21 @@ Two drivers run it and differ only in where a chunk's bytes come from and where 
 pool label them; :class:`point_sup_labels.sharded.ShardedSimulation` has each worker parse one
 shard of the file and run steps 1-3 on it (:func:`label_annotations`), then does step 4 here.
 Results are identical for any number of workers or shards.
+
+Mixed supervision (:class:`SimulationOptions` ``keep_masks_fraction`` F, ``box_only_fraction`` G,
+``fraction_of``): each object gets one kind of supervision, ``"points"`` (its P_N points, no mask:
+the default), ``"mask"`` (its ``segmentation`` as read, no point fields) or ``"box"`` (neither).
+The rule (:func:`supervision_kinds`): a draw ``u`` in [0, 1) is a hash of (seed, id), where id is
+the annotation id, or with ``fraction_of="images"`` the image id (every object of an image gets
+the image's kind); the object is ``"mask"`` if ``u < F``, ``"box"`` if ``F <= u < F + G``, else
+``"points"``. Crowd objects (``iscrowd`` 1) are never selected: they get points as without the
+fractions. Each object is decided on its own, so the counts are binomial (close to F and G of the
+objects or images, not exact), and the selection depends on nothing but the seed and the ids (not
+on workers, shards, chunks or file order). The draw has its own random stream: the points of every
+object are those of a run without the fractions. The simulation still labels every object (the
+arrays stay aligned with the file); :func:`apply_supervision` removes from each annotation the
+fields its kind does not have, and label noise (:func:`finish`) is drawn among the points that are
+written, i.e. those of the ``"points"`` objects.
 """
 
 from __future__ import annotations
@@ -33,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
 from operator import contains, itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -49,23 +64,153 @@ if TYPE_CHECKING:  # the pool module is imported only where a pool is made
     import multiprocessing.pool
 
 __all__ = [
+    "SUPERVISION_BOX",
+    "SUPERVISION_KINDS",
+    "SUPERVISION_MASK",
+    "SUPERVISION_POINTS",
     "AnnotationChunk",
+    "FractionOf",
     "LabelledPoints",
     "PointSamples",
     "SimulationOptions",
     "SimulationStats",
     "VersionPoints",
+    "apply_supervision",
     "check_simulation_options",
+    "check_supervision_fractions",
     "finish",
     "image_size_index",
     "label_annotations",
     "label_chunk",
     "read_chunk",
+    "select_supervision",
     "simulate_point_annotations",
+    "supervision_draws",
+    "supervision_kind",
+    "supervision_kinds",
 ]
 
 _POLYGON, _RLE = 0, 1
 _LOOKAHEAD = 8  # chunks in flight to the workers
+
+FractionOf = Literal["objects", "images"]
+# Codes of the kinds of supervision (int8 arrays), and their names: SUPERVISION_KINDS[code].
+SUPERVISION_POINTS, SUPERVISION_MASK, SUPERVISION_BOX = 0, 1, 2
+SUPERVISION_KINDS = ("points", "mask", "box")
+# The draws' stream is annotation_keys(_SUPERVISION_STREAM, seed, id): the tag in the seed slot
+# keeps it apart from every point stream annotation_keys(seed, version, id) ("SUPERVIS").
+_SUPERVISION_STREAM = int.from_bytes(b"SUPERVIS", "big")
+_FRACTION_SUM_SLACK = 1e-9  # 0.7 + 0.3 may round above 1 in binary floating point
+
+
+def check_supervision_fractions(
+    keep_masks_fraction: float, box_only_fraction: float, fraction_of: str = "objects"
+) -> None:
+    """ValueError unless both fractions are numbers in [0, 1] with a sum of at most 1 and
+    ``fraction_of`` is ``"objects"`` or ``"images"``."""
+    for name, value in (
+        ("keep_masks_fraction", keep_masks_fraction),
+        ("box_only_fraction", box_only_fraction),
+    ):
+        if not is_number(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if keep_masks_fraction + box_only_fraction > 1.0 + _FRACTION_SUM_SLACK:
+        raise ValueError(
+            f"keep_masks_fraction + box_only_fraction must be at most 1, got "
+            f"{keep_masks_fraction} + {box_only_fraction}"
+        )
+    if fraction_of not in ("objects", "images"):
+        raise ValueError(f"fraction_of must be 'objects' or 'images', got {fraction_of!r}")
+
+
+def _uint64_ids(object_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Integer ids as uint64, modulo 2**64 (image ids may be negative or beyond int64)."""
+    if isinstance(object_ids, np.ndarray) and object_ids.dtype == np.uint64:
+        return object_ids
+    try:
+        return np.asarray(object_ids, dtype=np.int64).view(np.uint64)  # two's complement = mod 2**64
+    except OverflowError:
+        return np.fromiter((int(i) % 2**64 for i in object_ids), np.uint64, len(object_ids))
+
+
+def supervision_draws(seed: int, object_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+    """The draw ``u`` in [0, 1) (float64, a multiple of 2**-53) of each id, for ``seed``.
+
+    ``u`` is a hash of (seed, id modulo 2**64) only, from a stream of its own: independent of the
+    point sampler's streams (:func:`point_sup_labels.sampling.annotation_keys` of (seed, version,
+    id)), so selecting objects never changes the points of the others.
+    """
+    keys = annotation_keys(_SUPERVISION_STREAM, seed, _uint64_ids(object_ids))
+    return (keys >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+
+
+def supervision_kinds(
+    seed: int,
+    object_ids: np.ndarray | Sequence[int],
+    keep_masks_fraction: float,
+    box_only_fraction: float,
+) -> np.ndarray:
+    """(len(object_ids),) int8 codes (:data:`SUPERVISION_KINDS`) of the rule of the module doc:
+    ``SUPERVISION_MASK`` where ``u < F``, ``SUPERVISION_BOX`` where ``F <= u < F + G``, else
+    ``SUPERVISION_POINTS``, with ``u`` from :func:`supervision_draws`. Crowd objects are the
+    caller's to exclude (see :func:`select_supervision`)."""
+    check_supervision_fractions(keep_masks_fraction, box_only_fraction)
+    u = supervision_draws(seed, object_ids)
+    kinds = np.full(len(u), SUPERVISION_POINTS, dtype=np.int8)
+    kinds[u < keep_masks_fraction + box_only_fraction] = SUPERVISION_BOX
+    kinds[u < keep_masks_fraction] = SUPERVISION_MASK
+    return kinds
+
+
+def supervision_kind(seed: int, object_id: int, keep_masks_fraction: float, box_only_fraction: float) -> str:
+    """``"mask"``, ``"box"`` or ``"points"``: the kind of supervision of one object (or, with
+    ``fraction_of="images"``, of every object of one image) by the rule of the module doc.
+
+    ``object_id`` is the annotation id, or the image id when whole images are selected; crowd
+    objects always get ``"points"`` (not decided here). The same answer as the simulator's for the
+    same seed and fractions (``--seed``, ``--keep-masks-fraction``, ``--box-only-fraction``).
+    """
+    code = supervision_kinds(seed, [object_id], keep_masks_fraction, box_only_fraction)[0]
+    return SUPERVISION_KINDS[code]
+
+
+def select_supervision(
+    annotations: Sequence[dict[str, Any]],
+    seed: int,
+    keep_masks_fraction: float,
+    box_only_fraction: float,
+    fraction_of: FractionOf = "objects",
+) -> np.ndarray:
+    """(len(annotations),) int8 codes (:data:`SUPERVISION_KINDS`) of COCO annotations: by
+    :func:`supervision_kinds` of their ``id`` (or ``image_id`` with ``fraction_of="images"``),
+    ``SUPERVISION_POINTS`` for crowd objects (``iscrowd`` 1)."""
+    check_supervision_fractions(keep_masks_fraction, box_only_fraction, fraction_of)
+    n = len(annotations)
+    if keep_masks_fraction == 0 and box_only_fraction == 0:
+        return np.zeros(n, dtype=np.int8)
+    key = "id" if fraction_of == "objects" else "image_id"
+    kinds = supervision_kinds(
+        seed, list(map(itemgetter(key), annotations)), keep_masks_fraction, box_only_fraction
+    )
+    crowd = np.fromiter(map(dict.get, annotations, repeat("iscrowd"), repeat(0)), np.int64, n) == 1
+    kinds[crowd] = SUPERVISION_POINTS
+    return kinds
+
+
+def apply_supervision(annotations: list[dict[str, Any]], supervision: np.ndarray | None) -> None:
+    """Remove, in place, the fields that each annotation's kind of supervision does not have:
+    ``point_coords``/``point_labels`` from ``"mask"`` and ``"box"`` objects, ``segmentation``
+    from ``"box"`` objects. ``supervision``: (len(annotations),) int8 codes, or None (all
+    ``"points"``: nothing to do). Run it after the point fields are set (for every annotation, by
+    :func:`point_sup_labels.point_file.set_point_fields`) and before serializing."""
+    if supervision is None:
+        return
+    for j in np.flatnonzero(supervision != SUPERVISION_POINTS).tolist():
+        ann = annotations[j]
+        ann.pop("point_coords", None)
+        ann.pop("point_labels", None)
+        if supervision[j] == SUPERVISION_BOX:
+            ann.pop("segmentation", None)
 
 
 def check_simulation_options(num_points: int, noise_rate: float, noise_mode: str) -> bool:
@@ -81,17 +226,31 @@ def check_simulation_options(num_points: int, noise_rate: float, noise_mode: str
 
 @dataclass(frozen=True)
 class SimulationOptions:
-    """What to simulate (see :func:`simulate_point_annotations`); checked when made."""
+    """What to simulate (see :func:`simulate_point_annotations`); checked when made.
+
+    ``keep_masks_fraction``, ``box_only_fraction`` and ``fraction_of`` select the objects that
+    keep their mask instead of points, or keep only their box (the rule of the module doc); at 0,
+    every object gets points.
+    """
 
     num_points: int = 10
     seed: int = 0
     versions: tuple[int, ...] = (0,)
     noise_rate: float = 0.0
     noise_mode: NoiseMode = "random"
+    keep_masks_fraction: float = 0.0
+    box_only_fraction: float = 0.0
+    fraction_of: FractionOf = "objects"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "versions", tuple(self.versions))
         check_simulation_options(self.num_points, self.noise_rate, self.noise_mode)
+        check_supervision_fractions(self.keep_masks_fraction, self.box_only_fraction, self.fraction_of)
+
+    @property
+    def mixed(self) -> bool:
+        """Whether some objects may get a mask or only a box instead of points."""
+        return self.keep_masks_fraction > 0 or self.box_only_fraction > 0
 
     @property
     def boundary(self) -> bool:
@@ -108,7 +267,8 @@ class AnnotationChunk:
     ``part_owners`` (P,) position in the chunk of each part's annotation. ``rles`` maps a position to
     ``(counts, annotation id, image id)`` (counts: an int64 array, or the compressed string).
     ``error``: (position, error) of the first annotation with bad polygon coordinates, raised by
-    :func:`label_chunk` after any RLE error before it.
+    :func:`label_chunk` after any RLE error before it. ``supervision``: (a,) int8 kind of
+    supervision of each annotation (:data:`SUPERVISION_KINDS`; all ``"points"`` by default).
     """
 
     start: int
@@ -125,6 +285,11 @@ class AnnotationChunk:
     num_crowd: int
     source: str
     error: tuple[int, CocoFormatError] | None = None
+    supervision: np.ndarray | None = None  # None: all "points"
+
+    def __post_init__(self) -> None:
+        if self.supervision is None:
+            self.supervision = np.zeros(len(self.ids), dtype=np.int8)
 
 
 @dataclass
@@ -142,7 +307,11 @@ class VersionPoints:
 
 @dataclass
 class LabelledPoints:
-    """The labelled points of a run of annotations (a chunk, a shard or a dataset), per version."""
+    """The labelled points of a run of annotations (a chunk, a shard or a dataset), per version.
+
+    Every annotation is labelled, whatever its kind of supervision; ``supervision`` (a,) int8
+    (:data:`SUPERVISION_KINDS`, all ``"points"`` when None is given) says whose points are written.
+    """
 
     has_points: np.ndarray  # (a,) bool: False for zero-area boxes
     versions: list[VersionPoints]
@@ -150,6 +319,11 @@ class LabelledPoints:
     num_polygon: int = 0
     num_crowd: int = 0
     num_skipped_parts: int = 0
+    supervision: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.supervision is None:
+            self.supervision = np.zeros(len(self.has_points), dtype=np.int8)
 
     @staticmethod
     def concatenate(parts: Sequence[LabelledPoints], options: SimulationOptions) -> LabelledPoints:
@@ -179,13 +353,24 @@ class LabelledPoints:
         return LabelledPoints(
             has_points=np.concatenate([p.has_points for p in parts]),
             versions=versions,
+            supervision=np.concatenate([p.supervision for p in parts]),
             **{key: sum(getattr(p, key) for p in parts) for key in _COUNTS},
         )
 
     def without_coords(self) -> LabelledPoints:
         """The same without the points' coordinates (what a shard's worker sends back)."""
         versions = [VersionPoints(None, v.labels, v.boundary_dist) for v in self.versions]
-        return LabelledPoints(self.has_points, versions, **{key: getattr(self, key) for key in _COUNTS})
+        return LabelledPoints(
+            self.has_points,
+            versions,
+            supervision=self.supervision,
+            **{key: getattr(self, key) for key in _COUNTS},
+        )
+
+    @property
+    def written(self) -> np.ndarray:
+        """(a,) bool: the annotations whose points are written (``"points"`` objects with points)."""
+        return self.has_points & (self.supervision == SUPERVISION_POINTS)
 
 
 _COUNTS = ("num_clipped", "num_polygon", "num_crowd", "num_skipped_parts")
@@ -197,12 +382,16 @@ class PointSamples:
 
     ``coords[i]`` ((N, 2) ``[x, y]``) and ``labels[i]`` ((N,) 0/1) are meaningful where
     ``has_points[i]``; ``flipped`` are flat indices into ``labels.ravel()`` changed by noise.
+    ``supervision`` (A,) int8 (:data:`SUPERVISION_KINDS`, None: all ``"points"``): the objects whose
+    points are meant to be written; the others' points are simulated too, and left out of the
+    output by :func:`apply_supervision`.
     """
 
     coords: np.ndarray  # (A, N, 2) int64
     labels: np.ndarray  # (A, N) uint8
     has_points: np.ndarray  # (A,) bool
     flipped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    supervision: np.ndarray | None = None
 
     def point_lists(self, i: int) -> tuple[list[list[int]], list[int]]:
         if not self.has_points[i]:
@@ -223,6 +412,11 @@ class SimulationStats:
     num_crowd: int = 0
     num_skipped_parts: int = 0  # polygon parts with fewer than 3 vertices
     num_flipped: list[int] = field(default_factory=list)  # per version
+    # Kinds of supervision (SimulationOptions' fractions): "points" objects include crowd ones
+    # and zero-area boxes (num_with_points counts only the "points" objects with points).
+    num_mask_kept: int = 0
+    num_box_only: int = 0
+    num_point_objects: int = 0
 
 
 def image_size_index(instances: CocoInstances) -> tuple[dict[Any, int], np.ndarray]:
@@ -238,6 +432,7 @@ def read_chunk(
     stop: int,
     drop_segmentation: bool,
     image_sizes: tuple[dict[Any, int], np.ndarray] | None = None,
+    options: SimulationOptions | None = None,
 ) -> AnnotationChunk:
     """Step 1: everything the labelling needs about annotations ``start:stop``, as compact arrays.
 
@@ -245,7 +440,9 @@ def read_chunk(
     in a forked worker would copy every page holding them). Each field is read for the whole chunk
     with C-level iteration (``map``/``itemgetter``: after the first pass the chunk's objects are
     in cache), and all polygon coordinates of the chunk are unboxed by a single ``np.fromiter``
-    over the chained parts. With ``drop_segmentation`` each segmentation is freed once read.
+    over the chained parts. With ``drop_segmentation`` each segmentation is freed once read,
+    except those of the objects that keep their mask (``options``' fractions; every annotation
+    gets points when ``options`` is None).
 
     Bad polygon coordinates are not raised here but recorded as ``error`` = (position in the
     chunk, error): the worker raises it after the RLE checks of the annotations before it, so that
@@ -257,7 +454,17 @@ def read_chunk(
     hw = sizes[np.fromiter(map(index.__getitem__, map(itemgetter("image_id"), chunk)), np.int64, a)]
     boxes = np.fromiter(chain.from_iterable(map(itemgetter("bbox"), chunk)), np.float64, 4 * a)
     crowd = list(map(dict.get, chunk, repeat("iscrowd"), repeat(0))).count(1)
-    if drop_segmentation:
+    supervision = None
+    if options is not None and options.mixed:
+        supervision = select_supervision(
+            chunk, options.seed, options.keep_masks_fraction, options.box_only_fraction, options.fraction_of
+        )
+    if drop_segmentation and supervision is not None and (supervision == SUPERVISION_MASK).any():
+        masks = (supervision == SUPERVISION_MASK).tolist()
+        segms = [
+            ann["segmentation"] if m else ann.pop("segmentation") for ann, m in zip(chunk, masks, strict=True)
+        ]
+    elif drop_segmentation:
         segms = list(map(dict.pop, chunk, repeat("segmentation")))
     else:
         segms = list(map(itemgetter("segmentation"), chunk))
@@ -314,6 +521,7 @@ def read_chunk(
         num_crowd=crowd,
         source=instances.source,
         error=None if error is None else (error, _bad_coordinates(instances, chunk[error], segms[error])),
+        supervision=supervision,
     )
 
 
@@ -412,6 +620,7 @@ def label_chunk(c: AnnotationChunk, options: SimulationOptions) -> LabelledPoint
         num_polygon=int((kind == _POLYGON).sum()),
         num_crowd=c.num_crowd,
         num_skipped_parts=c.num_skipped_parts,
+        supervision=c.supervision,
     )
 
 
@@ -427,7 +636,7 @@ def label_annotations(
     sizes = image_size_index(instances)
     parts = []
     for s in range(0, len(instances.annotations), chunk_size):
-        chunk = read_chunk(instances, s, s + chunk_size, drop_segmentation, sizes)
+        chunk = read_chunk(instances, s, s + chunk_size, drop_segmentation, sizes, options)
         parts.append(label_chunk(chunk, options))
         if progress:
             progress(len(chunk.ids))
@@ -435,22 +644,31 @@ def label_annotations(
 
 
 def finish(points: LabelledPoints, options: SimulationOptions) -> SimulationStats:
-    """Step 4: the label noise of each version (in place; ``flipped`` set), and the run's counts."""
+    """Step 4: the label noise of each version (in place; ``flipped`` set), and the run's counts.
+
+    Noise is drawn among the points that are written (``"points"`` objects with points), so that
+    ``noise_rate`` is the fraction of flipped labels in the output.
+    """
     has = points.has_points
+    written = points.written
+    kinds = np.bincount(points.supervision, minlength=len(SUPERVISION_KINDS))
     stats = SimulationStats(
         num_annotations=len(has),
-        num_with_points=int(has.sum()),
+        num_with_points=int(written.sum()),
         num_clipped=points.num_clipped,
         num_zero_area=int((~has).sum()),
         num_polygon=points.num_polygon,
         num_rle=len(has) - points.num_polygon,
         num_crowd=points.num_crowd,
         num_skipped_parts=points.num_skipped_parts,
+        num_mask_kept=int(kinds[SUPERVISION_MASK]),
+        num_box_only=int(kinds[SUPERVISION_BOX]),
+        num_point_objects=int(kinds[SUPERVISION_POINTS]),
     )
     for version, v in zip(options.versions, points.versions, strict=True):
         dist = v.boundary_dist if options.boundary else None
         v.flipped = add_label_noise(
-            v.labels, has, dist, options.noise_rate, options.noise_mode, options.seed, version
+            v.labels, written, dist, options.noise_rate, options.noise_mode, options.seed, version
         )
         stats.num_flipped.append(len(v.flipped))
     return stats
@@ -464,6 +682,9 @@ def simulate_point_annotations(
     versions: Sequence[int] = (0,),
     noise_rate: float = 0.0,
     noise_mode: NoiseMode = "random",
+    keep_masks_fraction: float = 0.0,
+    box_only_fraction: float = 0.0,
+    fraction_of: FractionOf = "objects",
     workers: int = 1,
     pool: multiprocessing.pool.Pool | None = None,
     chunk_size: int = 2048,
@@ -482,6 +703,11 @@ def simulate_point_annotations(
         noise_mode: ``random`` (uniformly chosen points) or ``boundary`` (the points closest to
             the object boundary: smallest distance from the pixel centre to the nearest pixel centre
             of the other label within the box plus a one-pixel ring; ties broken at random).
+            Drawn among the points of the ``"points"`` objects only.
+        keep_masks_fraction, box_only_fraction, fraction_of: F, G and whether they select objects
+            or whole images (the rule of the module doc): selected objects are ``"mask"``
+            (segmentation, no points) or ``"box"`` (neither) in the returned samples'
+            ``supervision``; :func:`apply_supervision` shapes the annotations accordingly.
         workers: processes (fork); results are identical for any value. The main process reads
             the annotations into arrays while the workers label earlier chunks.
         pool: a ``multiprocessing`` pool to use instead of forking ``workers`` processes here.
@@ -490,7 +716,9 @@ def simulate_point_annotations(
             touches (reading the annotations does) is copied, up to doubling the memory.
         chunk_size: annotations per task (bounds the temporary memory of each worker).
         drop_segmentation: remove each annotation's ``segmentation`` from ``instances`` once
-            read (what the output wants anyway; frees the masks early). Otherwise unmodified.
+            read (what the output wants anyway; frees the masks early), except those of the
+            ``"mask"`` objects. Otherwise unmodified (then the ``"points"`` objects keep their
+            mask in the output too; :func:`apply_supervision` still removes it from ``"box"`` ones).
         progress: called with the number of annotations finished, chunk by chunk.
 
     Returns:
@@ -500,7 +728,16 @@ def simulate_point_annotations(
         CocoFormatError: a missing segmentation, bad polygon coordinates or RLE data, naming the
             first such annotation in file order (the same for any number of workers).
     """
-    options = SimulationOptions(num_points, seed, tuple(versions), noise_rate, noise_mode)
+    options = SimulationOptions(
+        num_points,
+        seed,
+        tuple(versions),
+        noise_rate,
+        noise_mode,
+        keep_masks_fraction,
+        box_only_fraction,
+        fraction_of,
+    )
     anns = instances.annotations
     A = len(anns)
     if not all(map(contains, anns, repeat("segmentation"))):  # checked before anything is dropped
@@ -526,7 +763,10 @@ def simulate_point_annotations(
         else:
             points = _label_in_pool(instances, options, pool, chunk_size, drop_segmentation, progress)
     stats = finish(points, options)
-    samples = [PointSamples(v.coords, v.labels, points.has_points, v.flipped) for v in points.versions]
+    supervision = points.supervision if options.mixed else None
+    samples = [
+        PointSamples(v.coords, v.labels, points.has_points, v.flipped, supervision) for v in points.versions
+    ]
     return samples, stats
 
 
@@ -550,7 +790,7 @@ def _label_in_pool(
 
     try:
         for s in range(0, len(instances.annotations), chunk_size):
-            chunk = read_chunk(instances, s, s + chunk_size, drop_segmentation, sizes)
+            chunk = read_chunk(instances, s, s + chunk_size, drop_segmentation, sizes, options)
             pending.append(pool.apply_async(label_chunk, (chunk, options)))
             if chunk.error is not None:
                 break  # raised by that chunk's task, after any error of an earlier one

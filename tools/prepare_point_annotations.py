@@ -7,6 +7,23 @@
 The output keeps ``images``, ``categories`` and every annotation field, adds ``point_coords``
 (``[x, y]`` integer pixel indices; Detectron2's PointSup loader adds 0.5 to reach pixel centres)
 and ``point_labels`` (1 object, 0 background), and drops ``segmentation`` unless ``--keep-masks``.
+
+Mixed supervision (for training from masks, points and boxes at once), from any dataset:
+
+    tools/prepare_point_annotations.py IN.json OUT.json --keep-masks-fraction 0.1 --box-only-fraction 0.3
+
+A fraction F (``--keep-masks-fraction``) of the objects keep ``segmentation`` and get no point
+fields, a fraction G (``--box-only-fraction``) keep neither (box only), the others get points as
+above. The rule: ``u`` in [0, 1) is a hash of (``--seed``, annotation id), or of (seed, image id)
+with ``--fraction-of images`` (all objects of an image then share its kind); an object keeps its
+mask if ``u < F``, is box only if ``F <= u < F + G``. Crowd objects (``iscrowd`` 1) always get
+points. Each object (or image) is decided on its own, so the counts are binomial: close to, not
+exactly, F and G of the objects (or images). The selection depends neither on ``--workers`` nor on
+the order of the file, and the points of the other objects are exactly those of a run without the
+fractions (``u`` has a random stream of its own; ``point_sup_labels.simulate.supervision_kind``
+gives the same answer in-process). Label noise is drawn among the points written. ``--keep-masks``
+(a mask on every object) cannot be combined with the fractions.
+
 The logic lives in :mod:`point_sup_labels.simulate` (and, with ``--workers`` > 1 on a file,
 :mod:`point_sup_labels.sharded`, which parses the file in shards); this is the command-line
 shell. Converting a file imports neither torch nor Detectron2 (only ``--dataset`` does).
@@ -23,13 +40,18 @@ import sys
 import time
 from pathlib import Path
 
-from point_sup_labels.coco_format import CocoFormatError, load_coco_instances, validate_coco_instances
+from point_sup_labels.coco_format import (
+    CocoFormatError,
+    dumps_json,
+    load_coco_instances,
+    validate_coco_instances,
+)
 from point_sup_labels.file_io import StagedFiles, probe_writable
 from point_sup_labels.log import setup_logger
-from point_sup_labels.point_file import dumps_point_annotations
+from point_sup_labels.point_file import set_point_fields
 from point_sup_labels.process import exit_on_termination, gc_paused, make_worker_pool, raise_if_stop_requested
 from point_sup_labels.sharded import NotShardableError, ShardedSimulation, ShardWorkers
-from point_sup_labels.simulate import simulate_point_annotations
+from point_sup_labels.simulate import apply_supervision, simulate_point_annotations
 from point_sup_labels.time_model import annotation_time
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
@@ -62,6 +84,16 @@ def _seed(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if not 0 <= value < 2**64:  # the sampler's keys are 64-bit
         raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
@@ -101,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Usage: prepare_point_annotations.py INPUT.json OUTPUT.json [options], or "
             "prepare_point_annotations.py --dataset NAME OUTPUT.json [options]. Same input and "
-            "seed give byte-identical output for any --workers."
+            "seed give byte-identical output for any --workers. Mixed supervision: an object (with "
+            "--fraction-of images, every object of an image) whose draw u, a hash of (seed, annotation "
+            "or image id) in [0, 1), is below F keeps its mask and gets no points; one with "
+            "F <= u < F + G keeps only its box; counts are binomial; crowd objects always get points."
         ),
     )
     parser.add_argument(
@@ -138,7 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
         default="random",
         help="which points to flip: uniformly random, or those closest to the object boundary",
     )
-    parser.add_argument("--keep-masks", action="store_true", help="keep 'segmentation' in the output")
+    parser.add_argument(
+        "--keep-masks",
+        action="store_true",
+        help="keep 'segmentation' of every object in the output, besides its points (not with the fractions)",
+    )
+    parser.add_argument(
+        "--keep-masks-fraction",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="a fraction F of the objects keep 'segmentation' and get no points (mask supervision): "
+        "those whose draw u < F, with u in [0, 1) a hash of (seed, id); binomial counts (default 0)",
+    )
+    parser.add_argument(
+        "--box-only-fraction",
+        type=_fraction,
+        default=0.0,
+        metavar="G",
+        help="a fraction G of the objects keep neither 'segmentation' nor points (box only): those "
+        "with F <= u < F + G; F + G <= 1 (default 0)",
+    )
+    parser.add_argument(
+        "--fraction-of",
+        choices=["objects", "images"],
+        default="objects",
+        help="whether the fractions select objects (u hashes the annotation id) or whole images (u "
+        "hashes the image id; all objects of the image); crowd objects always get points",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -163,6 +225,16 @@ def _main(argv: list[str] | None) -> int:
             parser.error(f"{name} must be >= {low}")
     if args.workers < 1 or not 0.0 <= args.noise_rate <= 1.0:
         parser.error("--workers must be >= 1, --noise-rate in [0, 1]")
+    if args.keep_masks_fraction + args.box_only_fraction > 1.0 + 1e-9:  # the simulator's slack
+        parser.error(
+            f"--keep-masks-fraction + --box-only-fraction must be <= 1, got "
+            f"{args.keep_masks_fraction} + {args.box_only_fraction}"
+        )
+    if args.keep_masks and (args.keep_masks_fraction > 0 or args.box_only_fraction > 0):
+        parser.error(
+            "--keep-masks keeps the mask of every object: it cannot be combined with "
+            "--keep-masks-fraction or --box-only-fraction"
+        )
 
     setup_logger("point_sup")
     try:
@@ -213,6 +285,7 @@ def _convert_sharded(args: argparse.Namespace, outputs: list[Path], workers: Sha
             versions=range(args.num_versions),
             noise_rate=args.noise_rate,
             noise_mode=args.noise_mode,
+            **_fractions(args),
             drop_segmentation=not args.keep_masks,
             progress=bar.update,
         )
@@ -226,6 +299,14 @@ def _convert_sharded(args: argparse.Namespace, outputs: list[Path], workers: Sha
     workers.close(wait=False)  # told to stop; their memory is freed after this process exits
     _log_summary(args, stats, outputs, t0)
     return 0
+
+
+def _fractions(args: argparse.Namespace) -> dict:
+    return {
+        "keep_masks_fraction": args.keep_masks_fraction,
+        "box_only_fraction": args.box_only_fraction,
+        "fraction_of": args.fraction_of,
+    }
 
 
 def _write_failed(e: OSError) -> int:
@@ -280,6 +361,7 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
                 versions=range(args.num_versions),
                 noise_rate=args.noise_rate,
                 noise_mode=args.noise_mode,
+                **_fractions(args),
                 pool=pool,
                 drop_segmentation=not args.keep_masks,
                 progress=bar.update,
@@ -292,7 +374,9 @@ def _convert(args: argparse.Namespace, outputs: list[Path], pool, t0: float) -> 
     try:
         with StagedFiles() as staged:
             for path, s in zip(outputs, samples, strict=True):
-                staged.write(path, dumps_point_annotations(instances, s))
+                set_point_fields(instances.annotations, s)
+                apply_supervision(instances.annotations, s.supervision)  # mixed supervision
+                staged.write(path, dumps_json(instances.data))
             raise_if_stop_requested()  # a stop never ends in written outputs
     except OSError as e:
         return _write_failed(e)
@@ -314,6 +398,18 @@ def _log_summary(args: argparse.Namespace, stats, outputs: list[Path], t0: float
         stats.num_zero_area,
         stats.num_skipped_parts,
     )
+    if args.keep_masks_fraction > 0 or args.box_only_fraction > 0:
+        logger.info(
+            "kept masks on %d objects, box only on %d, points on %d (fractions %g and %g of the %s, "
+            "seed %d; crowd objects always get points)",
+            stats.num_mask_kept,
+            stats.num_box_only,
+            stats.num_point_objects,
+            args.keep_masks_fraction,
+            args.box_only_fraction,
+            args.fraction_of,
+            args.seed,
+        )
     if args.noise_rate > 0:
         logger.info("label noise (%s): flipped %s points per version", args.noise_mode, stats.num_flipped)
     logger.info("%s", annotation_time(stats.num_with_points, args.num_points).summary())

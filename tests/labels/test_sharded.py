@@ -8,11 +8,11 @@ import orjson
 import pytest
 from pycocotools import mask as mask_util
 
-from point_sup_labels.coco_format import load_coco_instances
+from point_sup_labels.coco_format import dumps_json, load_coco_instances
 from point_sup_labels.file_io import StagedFiles
-from point_sup_labels.point_file import dumps_point_annotations
+from point_sup_labels.point_file import dumps_point_annotations, set_point_fields
 from point_sup_labels.sharded import NotShardableError, ShardedSimulation, ShardWorkers, plan_shards
-from point_sup_labels.simulate import simulate_point_annotations
+from point_sup_labels.simulate import apply_supervision, simulate_point_annotations
 
 
 def make_dataset(seed: int = 0, num_images: int = 8, per_image: int = 9) -> dict:
@@ -64,7 +64,16 @@ def make_dataset(seed: int = 0, num_images: int = 8, per_image: int = 9) -> dict
 def whole_file_outputs(path, **kw) -> list[bytes]:
     inst = load_coco_instances(path)
     samples, _ = simulate_point_annotations(inst, drop_segmentation=not kw.pop("keep_masks", False), **kw)
-    return [dumps_point_annotations(copy.deepcopy(inst), s) for s in samples]
+    outputs = []
+    for s in samples:
+        if s.supervision is None:  # every object gets points
+            outputs.append(dumps_point_annotations(copy.deepcopy(inst), s))
+            continue
+        out = copy.deepcopy(inst)  # as the tool writes mixed supervision
+        set_point_fields(out.annotations, s)
+        apply_supervision(out.annotations, s.supervision)
+        outputs.append(dumps_json(out.data))
+    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +129,8 @@ def test_plan_shards_refuses(text, reason):
         {"noise_rate": 0.1, "noise_mode": "random"},
         {"noise_rate": 0.2, "noise_mode": "boundary", "num_points": 5},
         {"keep_masks": True, "chunk_size": 5},
+        {"keep_masks_fraction": 0.3, "box_only_fraction": 0.2, "noise_rate": 0.1, "chunk_size": 4},
+        {"keep_masks_fraction": 0.2, "box_only_fraction": 0.4, "fraction_of": "images", "versions": [0, 1]},
     ],
 )
 def test_byte_identical_to_the_whole_file_path(tmp_path, options, num_shards):
