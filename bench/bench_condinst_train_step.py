@@ -40,7 +40,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench_train_step import peak_memory_mib, run_workers, time_train_steps
+from bench_train_step import build_seeded_loader_trainer, peak_memory_mib, run_workers, time_train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,28 +91,15 @@ def variant_config(name: str, args: argparse.Namespace):
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     """In this process: build the variant, run warm-up + timed steps, return its measurements."""
     import torch
-    from detectron2.utils.env import seed_all_rng
 
     import point_sup  # noqa: F401  (applies point_sup.compat before detectron2 is used)
     from point_sup.data import register_nuclei
-    from point_sup.engine import PointSupTrainer
-
-    class SeededLoaderTrainer(PointSupTrainer):
-        """PointSupTrainer whose training loader is built right after seeding every RNG with
-        ``cfg.SEED``: the loader's shuffle (Detectron2's TrainingSampler draws its seed from numpy)
-        is then the same in every variant, whatever building the model drew before."""
-
-        @classmethod
-        def build_train_loader(cls, cfg):
-            seed_all_rng(cfg.SEED)
-            return super().build_train_loader(cfg)
 
     torch.set_num_threads(args.threads)
     register_nuclei(Path(args.data) / "nuclei", seed=0)
     cfg, _ = variant_config(name, args)
     cfg.freeze()
-    seed_all_rng(cfg.SEED)  # the same initial weights for the same architecture
-    trainer = SeededLoaderTrainer(cfg)
+    trainer = build_seeded_loader_trainer(cfg)
     images: list[list[str]] = []
     trainer.model.register_forward_pre_hook(
         lambda _module, inputs: images.append([os.path.basename(d["file_name"]) for d in inputs[0]])

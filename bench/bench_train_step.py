@@ -68,6 +68,25 @@ def time_train_steps(trainer, device: str, warmup: int, steps: int) -> list[floa
     return times
 
 
+def build_seeded_loader_trainer(cfg):
+    """A ``PointSupTrainer`` for the frozen ``cfg`` whose training loader is built right after
+    seeding every RNG with ``cfg.SEED``: the loader's shuffle (Detectron2's TrainingSampler draws
+    its seed from numpy) is then the same in every variant of a benchmark, whatever building the
+    model drew before; the model's initial weights are seeded with ``cfg.SEED`` as well."""
+    from detectron2.utils.env import seed_all_rng
+
+    from point_sup.engine import PointSupTrainer
+
+    class SeededLoaderTrainer(PointSupTrainer):
+        @classmethod
+        def build_train_loader(cls, cfg):
+            seed_all_rng(cfg.SEED)
+            return super().build_train_loader(cfg)
+
+    seed_all_rng(cfg.SEED)
+    return SeededLoaderTrainer(cfg)
+
+
 def peak_memory_mib(device: str) -> float:
     """This process's peak memory so far, MiB: ``torch.cuda.max_memory_allocated`` on CUDA, else
     the maximum resident set size."""

@@ -22,6 +22,11 @@ Studies (``--study``, any combination; each row is trained once per seed):
 ``normalization``
     ``MODEL.POINT_LOSS.NORMALIZATION``: the P10 models with point_sup's ``valid_points`` mean next to
     the default (Detectron2's ``all_points``).
+``mixed``
+    Issue 15, one dataset with per-object supervision (``MODEL.MIXED_SUP``), next to M and P10:
+    10 % of the nuclei with their mask and the rest P10 (``nuclei_train_p10_m10``), and P10 with half
+    of the nuclei box only (``nuclei_train_p10_b50``); the objects are selected per seed by the
+    simulator's rule (``tools/prepare_point_annotations.py --keep-masks-fraction/--box-only-fraction``).
 ``mask_labels``
     ``MODEL.POINT_LOSS.MASK_POINT_LABELS``: PointRend and Implicit PointRend trained from masks with
     Detectron2's bilinear point labels (default) and with point_sup's ``pixel`` labels.
@@ -38,6 +43,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -66,11 +72,13 @@ class Points:
     num_points: int = 10
     noise_rate: float = 0.0
     noise_mode: str = "random"
+    mixed: str = ""  # a key of point_sup.data.builtin.NUCLEI_MIXED (written by register_nuclei)
 
     @property
     def dataset(self) -> str:
         noise = f"_{self.noise_mode}{round(100 * self.noise_rate)}" if self.noise_rate else ""
-        return f"nuclei_train_p{self.num_points}{noise}"
+        mixed = f"_{self.mixed}" if self.mixed else ""
+        return f"nuclei_train_p{self.num_points}{noise}{mixed}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,13 @@ ROWS: dict[str, Row] = {
         f"{NUCLEI}/condinst_R_18_FPN_P10.yaml", 35.7, "Table 3b CondInst P10", reference="CondInst M"
     ),
     "BoxInst B": Row(f"{NUCLEI}/boxinst_R_18_FPN_B.yaml", 31.6, "Figure 3 BoxInst", reference="CondInst M"),
+    # Issue 15 (not in the paper): one dataset, per-object supervision (MODEL.MIXED_SUP).
+    "Mask R-CNN 10% M + P10": Row(
+        f"{NUCLEI}/mask_rcnn_R_18_FPN_mixed.yaml", None, "ours, mixed", points=Points(10, mixed="m10")
+    ),
+    "Mask R-CNN P10 + B50%": Row(
+        f"{NUCLEI}/mask_rcnn_R_18_FPN_mixed.yaml", None, "ours, mixed", points=Points(10, mixed="b50")
+    ),
     "PointRend M, pixel labels": Row(
         f"{NUCLEI}/point_rend_R_18_FPN_M.yaml", None, "ours", tuple(PIXEL_LABELS)
     ),
@@ -152,6 +167,7 @@ STUDIES: dict[str, list[str]] = {
         "Implicit P10 shared, valid mean",
     ],
     "condinst": [M, "Mask R-CNN P10", "CondInst M", "CondInst P10", "BoxInst B"],
+    "mixed": [M, "Mask R-CNN P10", "Mask R-CNN 10% M + P10", "Mask R-CNN P10 + B50%"],
     "mask_labels": [
         M,
         "PointRend M",
@@ -172,7 +188,8 @@ def _mean_std(values: list[float]) -> str:
 
 def _build_points(data_root: Path, train_json: Path, rows: list[str], seed: int) -> None:
     """The P_N files of ``rows`` for this seed (the P10 one is written by register_nuclei)."""
-    specs = {ROWS[r].points for r in rows if ROWS[r].points is not None} - {Points(10)}
+    specs = {ROWS[r].points for r in rows if ROWS[r].points is not None and not ROWS[r].points.mixed}
+    specs -= {Points(10)}
     for spec in sorted(specs, key=lambda p: (p.num_points, p.noise_rate, p.noise_mode)):
         out = data_root / "annotations" / f"{spec.dataset}.json"
         write_point_annotation_file(
@@ -265,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = load_config(
                 str(ROOT / row.config),
                 [
-                    "OUTPUT_DIR", str(out / f"seed{seed}" / name.replace(" ", "_").replace(",", "")),
+                    "OUTPUT_DIR", str(out / f"seed{seed}" / re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")),
                     "SOLVER.MAX_ITER", args.iters,
                     "SOLVER.STEPS", (int(0.8 * args.iters),),
                     "SEED", seed,

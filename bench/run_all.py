@@ -11,6 +11,8 @@ Each benchmark prints ratios against a baseline measured in the same run (see it
 * bench_train_step.py         - whole-model train step + peak memory, all heads vs the standard one
 * bench_condinst_train_step.py - whole-model train step + peak memory, CondInst/BoxInst vs
   Mask R-CNN P10
+* bench_mixed_train_step.py   - whole-model train step of a mixed-supervision batch vs the slower of
+  the pure-mask and pure-point steps, every mask head
 
 ``--quick`` shrinks each run (fewer instances/repeats) for a smoke test. The accuracy study is
 separate and long: ``bench/miniature_replication.py``.
@@ -35,6 +37,7 @@ def benchmarks(device: str, quick: bool) -> list[list[str]]:
         ["bench_implicit_point_rend.py", *gpu, *(["--iters", "1"] if quick else [])],
         ["bench_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
         ["bench_condinst_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
+        ["bench_mixed_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
     ]
 
 

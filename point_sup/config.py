@@ -23,13 +23,21 @@ from detectron2.config import CfgNode as CN
 
 __all__ = [
     "CONDINST_META_ARCHITECTURE",
+    "MIXED_SUP_BOTH",
+    "MIXED_SUP_WEIGHTING",
     "POINT_HEAD_NAME_DEFAULT",
     "add_point_sup_config",
     "check_point_head_name",
     "condinst_supervision",
     "is_condinst",
+    "is_mixed_supervision",
     "num_classes_key",
 ]
+
+# MODEL.MIXED_SUP.BOTH: the supervision of an object that has both a mask and points.
+MIXED_SUP_BOTH = ("mask", "points")
+# MODEL.MIXED_SUP.WEIGHTING: how the per-kind mask losses of a mixed batch are combined.
+MIXED_SUP_WEIGHTING = ("instances", "sum")
 
 # point_sup's CondInst / BoxInst meta-architecture (point_sup.modeling.condinst).
 CONDINST_META_ARCHITECTURE = "PointSupCondInst"
@@ -51,6 +59,13 @@ def add_point_sup_config(cfg: CN) -> CN:
             instead of masks.
         SAMPLE_POINTS: point-based augmentation (paper §3.2): each iteration keeps this many randomly
             chosen labelled points per instance (5 for P10: "half of all available points"); 0 keeps all.
+    MODEL.MIXED_SUP (per-object supervision in one dataset, point_sup.data.mixed_supervision)
+        ENABLED: each object trains from what its annotation carries: a mask (``segmentation``), P_N
+            points, or only its box (detection only; BoxInst's box losses in a BoxInst config).
+            Exclusive with ``INPUT.POINT_SUP``, which keeps meaning "every object from points".
+        BOTH: the supervision of an object with both a mask and points: "mask" (default) or "points".
+        WEIGHTING: "instances" (default): each kind's mask loss (today's loss on its own instances)
+            times its share of the mask-supervised instances of the batch; "sum": the plain sum.
     MODEL.POINT_LOSS (the one point loss of every head, point_sup.modeling.point_loss)
         NORMALIZATION: "all_points" (default; Detectron2's ``roi_mask_point_loss``: the BCE summed
             over supervised points, divided by all labelled points, ignored ones included) or
@@ -81,6 +96,12 @@ def add_point_sup_config(cfg: CN) -> CN:
     """
     _set_default(cfg.INPUT, "POINT_SUP", False)
     _set_default(cfg.INPUT, "SAMPLE_POINTS", 0)
+
+    if "MIXED_SUP" not in cfg.MODEL:
+        cfg.MODEL.MIXED_SUP = CN()
+    _set_default(cfg.MODEL.MIXED_SUP, "ENABLED", False)
+    _set_default(cfg.MODEL.MIXED_SUP, "BOTH", "mask")
+    _set_default(cfg.MODEL.MIXED_SUP, "WEIGHTING", "instances")
 
     if "POINT_LOSS" not in cfg.MODEL:
         cfg.MODEL.POINT_LOSS = CN()
@@ -229,9 +250,34 @@ def num_classes_key(cfg: CN) -> str:
     return "MODEL.FCOS.NUM_CLASSES" if is_condinst(cfg) else "MODEL.ROI_HEADS.NUM_CLASSES"
 
 
+def is_mixed_supervision(cfg: CN) -> bool:
+    """Whether the config trains each object from what its annotation carries (``MODEL.MIXED_SUP``);
+    ValueError for the settings it does not accept (with ``INPUT.POINT_SUP``, unknown BOTH /
+    WEIGHTING)."""
+    mixed = cfg.MODEL.MIXED_SUP
+    if not mixed.ENABLED:
+        return False
+    if cfg.INPUT.POINT_SUP:
+        raise ValueError(
+            "MODEL.MIXED_SUP.ENABLED and INPUT.POINT_SUP are both on: mixed supervision already trains "
+            "point-annotated objects from their points; turn INPUT.POINT_SUP off"
+        )
+    if mixed.BOTH not in MIXED_SUP_BOTH:
+        raise ValueError(f"MODEL.MIXED_SUP.BOTH must be one of {MIXED_SUP_BOTH}, got {mixed.BOTH!r}")
+    if mixed.WEIGHTING not in MIXED_SUP_WEIGHTING:
+        raise ValueError(
+            f"MODEL.MIXED_SUP.WEIGHTING must be one of {MIXED_SUP_WEIGHTING}, got {mixed.WEIGHTING!r}"
+        )
+    return True
+
+
 def condinst_supervision(cfg: CN) -> str:
-    """The supervision a CondInst config selects: ``"points"`` with ``INPUT.POINT_SUP``, ``"boxes"``
-    with ``MODEL.BOXINST.ENABLED``, ``"mask"`` otherwise; both switches on is an error."""
+    """The supervision a CondInst config selects: ``"mixed"`` with ``MODEL.MIXED_SUP.ENABLED`` (box-only
+    objects then get BoxInst's losses if ``MODEL.BOXINST.ENABLED``), ``"points"`` with
+    ``INPUT.POINT_SUP``, ``"boxes"`` with ``MODEL.BOXINST.ENABLED``, ``"mask"`` otherwise;
+    ``INPUT.POINT_SUP`` with either of the others is an error."""
+    if is_mixed_supervision(cfg):
+        return "mixed"
     points, boxes = bool(cfg.INPUT.POINT_SUP), bool(cfg.MODEL.BOXINST.ENABLED)
     if points and boxes:
         raise ValueError("INPUT.POINT_SUP and MODEL.BOXINST.ENABLED are both on; a CondInst config uses one")

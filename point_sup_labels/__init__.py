@@ -17,6 +17,7 @@ start in a fraction of a second. One concept per module:
   fields' rules; :mod:`.point_file`: writing P_N files;
 * :mod:`.budget`: choosing images to label for a given annotation time;
 * :mod:`.annotation`: the browser tool with which people label points;
+* :mod:`.formats`: boxes and points from and back to CVAT, Label Studio and labelme;
 * :mod:`.file_io`, :mod:`.process`: atomic outputs, worker processes and stop signals.
 """
 

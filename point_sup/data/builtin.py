@@ -254,6 +254,12 @@ def register_all_point_sup(root: str | os.PathLike) -> None:
 NUCLEI_DIR = "nuclei"  # under $DETECTRON2_DATASETS
 
 
+# The mixed-supervision training sets of the miniature (issue 15), ``nuclei_train_p{N}_{key}``:
+# (keep-masks fraction, box-only fraction) of the objects, the others P_N (tools/prepare_point_annotations.py
+# --keep-masks-fraction / --box-only-fraction, same seed).
+NUCLEI_MIXED = {"m10": (0.1, 0.0), "b50": (0.0, 0.5)}
+
+
 def register_nuclei(
     root: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
@@ -266,19 +272,34 @@ def register_nuclei(
     ``INPUT.MASK_FORMAT = "bitmask"``), and ``nuclei_train_p{N}`` / ``nuclei_val_p{N}``: P_N
     simulated from those masks with point_sup's simulator (``num_points``, ``seed``), without masks.
     Unlike the builtin sets this writes files (:func:`point_sup.data.nuclei.build_nuclei_coco`, which
-    needs the cached or downloadable stardist wheel). Registering again (e.g. under another
+    needs the cached or downloadable stardist wheel). Also the mixed-supervision training sets of
+    :data:`NUCLEI_MIXED`: ``nuclei_train_p{N}_m10`` (10 % of the objects keep their mask, the others
+    P_N) and ``nuclei_train_p{N}_b50`` (P_N, half of the objects box only), for
+    ``MODEL.MIXED_SUP``. Registering again (e.g. under another
     ``root``) replaces the previous registration. Built under ``$DETECTRON2_DATASETS/nuclei``, the
     dataset is registered again by every later ``import point_sup`` (:func:`register_nuclei_files`),
     so ``tools/train_net.py`` finds it.
 
     Returns:
-        ``{"train": json, "val": json, "train_p{N}": json, "val_p{N}": json, "image_root": dir}``.
+        ``{"train": json, "val": json, "train_p{N}": json, "val_p{N}": json, "train_p{N}_m10": json,
+        "train_p{N}_b50": json, "image_root": dir}``.
     """
     paths = build_nuclei_coco(root, cache_dir)
     for split in ("train", "val"):
         p_json = paths[split].with_name(f"nuclei_{split}_p{num_points}.json")
         write_point_annotation_file(paths[split], p_json, num_points=num_points, seed=seed)
         paths[f"{split}_p{num_points}"] = p_json
+    for key, (masks, boxes) in NUCLEI_MIXED.items():
+        name = f"train_p{num_points}_{key}"
+        paths[name] = paths["train"].with_name(f"nuclei_{name}.json")
+        write_point_annotation_file(
+            paths["train"],
+            paths[name],
+            num_points=num_points,
+            seed=seed,
+            keep_masks_fraction=masks,
+            box_only_fraction=boxes,
+        )
     register_nuclei_files(root, replace=True)
     return paths
 

@@ -13,7 +13,14 @@ from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
 
 from point_sup_labels.point_fields import POINT_FIELDS
 
-from ..config import check_point_head_classes, condinst_supervision, is_condinst, num_classes_key
+from ..config import (
+    check_point_head_classes,
+    condinst_supervision,
+    is_condinst,
+    is_mixed_supervision,
+    num_classes_key,
+)
+from .mixed_supervision import count_supervision
 
 __all__ = ["check_point_supervision", "uses_point_head"]
 
@@ -77,7 +84,11 @@ def check_point_supervision(
         (``MODEL.FCOS.NUM_CLASSES`` for CondInst);
       - a dataset has no annotated instance, or ``INPUT.SAMPLE_POINTS`` is negative;
       - ``INPUT.POINT_SUP`` is on and no object of a dataset has a labelled point (when some have
-        none, a warning gives their share).
+        none, a warning gives their share);
+      - mixed supervision (``MODEL.MIXED_SUP.ENABLED``) without a mask head, with ``INPUT.POINT_SUP``,
+        or on a dataset with neither a mask nor a labelled point on any object (box-only objects
+        suffice for CondInst with ``MODEL.BOXINST.ENABLED``); the mix of every dataset (objects per
+        kind) is logged.
 
     Args:
         cfg: a config with point_sup's keys (:func:`point_sup.add_point_sup_config`).
@@ -94,13 +105,16 @@ def check_point_supervision(
     classes_key = num_classes_key(cfg)
     num_classes = cfg.MODEL.FCOS.NUM_CLASSES if is_condinst(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
     box_only = is_condinst(cfg) and condinst_supervision(cfg) == "boxes"  # raises if both are on
+    mixed = is_mixed_supervision(cfg)  # raises for its invalid settings
+    if mixed and not (cfg.MODEL.MASK_ON or is_condinst(cfg)):
+        raise ValueError("MODEL.MIXED_SUP.ENABLED trains a mask head: it needs MODEL.MASK_ON True")
 
     if cfg.INPUT.SAMPLE_POINTS < 0:
         raise ValueError(
             f"INPUT.SAMPLE_POINTS must be >= 0 (0 keeps all points), got {cfg.INPUT.SAMPLE_POINTS}"
         )
-    if cfg.INPUT.SAMPLE_POINTS > 0 and not point_sup:
-        logger.warning("INPUT.SAMPLE_POINTS has no effect without INPUT.POINT_SUP")
+    if cfg.INPUT.SAMPLE_POINTS > 0 and not (point_sup or mixed):
+        logger.warning("INPUT.SAMPLE_POINTS has no effect without INPUT.POINT_SUP or MODEL.MIXED_SUP")
     if cfg.MODEL.MASK_ON and not is_condinst(cfg) and uses_point_head(cfg):
         check_point_head_classes(cfg, cfg.MODEL.ROI_MASK_HEAD.NAME)
 
@@ -121,6 +135,9 @@ def check_point_supervision(
             raise ValueError(f"dataset '{name}' has no annotated instance to train from")
         if box_only:
             _check_box_only(name, samples)
+            continue
+        if mixed:
+            _check_mix(name, dicts, cfg.MODEL.MIXED_SUP.BOTH, is_condinst(cfg) and cfg.MODEL.BOXINST.ENABLED)
             continue
         if point_sup:
             required, remedy = (
@@ -155,6 +172,29 @@ def check_point_supervision(
                     )
         if point_sup:
             _check_labelled_points(name, dicts)
+
+
+def _check_mix(name: str, dicts: Sequence[dict], both: str, box_losses: bool) -> None:
+    """Log the mix of supervision of a dataset; ValueError if no object has what the config trains
+    the masks from. Every annotation is counted (one pass over the dicts, no decoding)."""
+    counts = count_supervision(dicts, both)
+    logger.info(
+        "dataset '%s', mixed supervision: %d objects with a mask, %d with points, %d box only "
+        "(%d have both a mask and points: MODEL.MIXED_SUP.BOTH = %s)",
+        name,
+        counts["mask"],
+        counts["points"],
+        counts["box"],
+        counts["mask and points"],
+        both,
+    )
+    if counts["mask"] + counts["points"] == 0 and not box_losses:
+        raise ValueError(
+            f"dataset '{name}': none of its {counts['box']} objects has a mask ('segmentation') or "
+            "labelled points ('point_coords'/'point_labels'), so MODEL.MIXED_SUP trains no mask; give "
+            "some objects masks or points (tools/prepare_point_annotations.py, tools/annotate.py), or "
+            "train CondInst with MODEL.BOXINST.ENABLED"
+        )
 
 
 def _check_box_only(name: str, samples: Sequence[tuple[dict, dict, int]]) -> None:

@@ -24,6 +24,8 @@ from detectron2.structures import Boxes, Instances
 
 from point_sup_labels.point_fields import POINT_FIELDS
 
+from ..config import is_mixed_supervision
+from .mixed_supervision import Supervision, annotation_supervision
 from .point_augmentation import subsample_points
 
 __all__ = [
@@ -41,6 +43,11 @@ logger = logging.getLogger(__name__)
 # loss's default normalisation (Detectron2's) counts ignored points in its mean and padding not.
 IGNORE_LABEL = -1.0  # a labelled point that is not supervised: it left the image (or its proposal box)
 PADDING_LABEL = -2.0  # not a point: fills up instances with fewer points than the most of their image
+
+# The mask of an object without one in an image whose other objects have masks (mixed supervision):
+# Instances need one mask per object, and gt_supervision says it is never read. A zero-area triangle
+# is accepted by PolygonMasks and by the bit-mask rasterizer alike.
+_NO_MASK = [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]
 
 
 def transform_point_annotations(
@@ -103,13 +110,16 @@ def pad_point_annotations(
     return out_coords, out_labels
 
 
-def empty_point_instances(image_size: tuple[int, int]) -> Instances:
-    """Instances with no objects and every training field: boxes (0, 4), classes (0,), points (0, 0, 2)."""
+def empty_point_instances(image_size: tuple[int, int], mixed: bool = False) -> Instances:
+    """Instances with no objects and every training field: boxes (0, 4), classes (0,), points (0, 0, 2),
+    and with ``mixed`` ``gt_supervision`` (0,)."""
     instances = Instances(image_size)
     instances.gt_boxes = Boxes(torch.zeros((0, 4), dtype=torch.float32))
     instances.gt_classes = torch.zeros((0,), dtype=torch.int64)
     instances.gt_point_coords = torch.zeros((0, 0, 2), dtype=torch.float32)
     instances.gt_point_labels = torch.zeros((0, 0), dtype=torch.float32)
+    if mixed:
+        instances.gt_supervision = torch.zeros((0,), dtype=torch.int64)
     return instances
 
 
@@ -134,7 +144,15 @@ class PointSupDatasetMapper(DatasetMapper):
     replacement among its points still inside the image (:func:`subsample_points`). Masks, when every
     annotation of an image has one and ``MODEL.MASK_ON``, are kept as ``gt_masks`` too.
 
-    Without point supervision it is Detectron2's ``DatasetMapper``.
+    With mixed supervision (``MODEL.MIXED_SUP.ENABLED``, point_sup.data.mixed_supervision) each
+    object keeps what its annotation carries, and the instances also have ``gt_supervision`` (R,)
+    int64 (a :class:`~point_sup.data.mixed_supervision.Supervision`): ``gt_masks`` (when any object
+    of the image is mask-supervised; other objects get an empty placeholder mask) and the point
+    fields (mask- and box-supervised objects have padding only) go through the same transforms;
+    point-based augmentation subsamples the point-supervised objects; boxes are recomputed from the
+    masks (after a crop) and empty masks dropped (as Detectron2 does) for mask-supervised objects only.
+
+    Without either it is Detectron2's ``DatasetMapper``.
     """
 
     @configurable
@@ -144,6 +162,8 @@ class PointSupDatasetMapper(DatasetMapper):
         *,
         point_supervision: bool = False,
         sample_points: int = 0,
+        mixed_supervision: bool = False,
+        mixed_both: str = "mask",
         **kwargs,
     ):
         """
@@ -152,12 +172,19 @@ class PointSupDatasetMapper(DatasetMapper):
             point_supervision: produce ``gt_point_coords`` / ``gt_point_labels`` from the
                 annotations' ``point_coords`` / ``point_labels``.
             sample_points: point-based augmentation; 0 keeps all points.
+            mixed_supervision: per-object supervision (``MODEL.MIXED_SUP.ENABLED``); exclusive with
+                ``point_supervision``.
+            mixed_both: ``MODEL.MIXED_SUP.BOTH``.
         """
         if sample_points < 0:
             raise ValueError(f"INPUT.SAMPLE_POINTS must be >= 0, got {sample_points}")
+        if mixed_supervision and point_supervision:
+            raise ValueError("MODEL.MIXED_SUP.ENABLED and INPUT.POINT_SUP are exclusive")
         super().__init__(is_train, **kwargs)
         self.point_supervision = point_supervision
         self.sample_points = sample_points
+        self.mixed_supervision = mixed_supervision
+        self.mixed_both = mixed_both
         if point_supervision:
             logger.info(
                 "[PointSupDatasetMapper] point supervision, "
@@ -169,18 +196,26 @@ class PointSupDatasetMapper(DatasetMapper):
         ret = super().from_config(cfg, is_train)
         ret["point_supervision"] = bool(cfg.INPUT.POINT_SUP)
         ret["sample_points"] = int(cfg.INPUT.SAMPLE_POINTS)
+        ret["mixed_supervision"] = is_mixed_supervision(cfg)
+        ret["mixed_both"] = cfg.MODEL.MIXED_SUP.BOTH
         return ret
 
     def __call__(self, dataset_dict: dict) -> dict:
         """Map one dataset dict (Detectron2 format, points as in :mod:`point_sup.data.datasets`)."""
         result = super().__call__(dataset_dict)
-        if self.is_train and self.point_supervision and "instances" not in result:
+        carries_points = self.point_supervision or self.mixed_supervision
+        if self.is_train and carries_points and "instances" not in result:
             # A record without "annotations" still trains (as background only); without the field the
             # model could not tell a negative image from an inference input.
-            result["instances"] = empty_point_instances(tuple(result["image"].shape[-2:]))
+            result["instances"] = empty_point_instances(
+                tuple(result["image"].shape[-2:]), mixed=self.mixed_supervision
+            )
         return result
 
     def _transform_annotations(self, dataset_dict: dict, transforms: T.TransformList, image_shape) -> None:
+        if self.mixed_supervision:
+            self._transform_mixed_annotations(dataset_dict, transforms, image_shape)
+            return
         if not self.point_supervision:
             super()._transform_annotations(dataset_dict, transforms, image_shape)
             return
@@ -225,3 +260,50 @@ class PointSupDatasetMapper(DatasetMapper):
             # As Detectron2 does after a crop: the clipped box may no longer be tight around the mask.
             instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
         dataset_dict["instances"] = utils.filter_empty_instances(instances)
+
+    def _transform_mixed_annotations(
+        self, dataset_dict: dict, transforms: T.TransformList, image_shape
+    ) -> None:
+        """The mixed-supervision counterpart of :meth:`_transform_annotations` (see the class doc)."""
+        image_shape = tuple(int(s) for s in image_shape)
+        annos = [a for a in dataset_dict.pop("annotations") if a.get("iscrowd", 0) == 0]
+        kinds = [annotation_supervision(a, self.mixed_both) for a in annos]
+        any_mask = self.use_instance_mask and Supervision.MASK in kinds
+        points = []
+        for anno, kind in zip(annos, kinds, strict=True):
+            coords, labels = anno.pop("point_coords", None), anno.pop("point_labels", None)
+            points.append((coords, labels) if kind == Supervision.POINTS else (np.zeros((0, 2)), []))
+            if not any_mask:
+                anno.pop("segmentation", None)
+            elif kind != Supervision.MASK:
+                anno["segmentation"] = _NO_MASK
+            if not self.use_keypoint:
+                anno.pop("keypoints", None)
+        annos = [
+            utils.transform_instance_annotations(
+                anno, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
+            for anno in annos
+        ]
+        instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
+        coords, labels = [], []
+        for (point_coords, point_labels), kind in zip(points, kinds, strict=True):
+            c, lab = transform_point_annotations(point_coords, point_labels, transforms, image_shape)
+            if self.sample_points and kind == Supervision.POINTS:
+                keep = subsample_points(lab, self.sample_points)
+                c, lab = c[keep], lab[keep]
+            coords.append(c)
+            labels.append(lab)
+        instances.gt_point_coords, instances.gt_point_labels = pad_point_annotations(coords, labels)
+        instances.gt_supervision = torch.tensor([int(k) for k in kinds], dtype=torch.int64)
+        keep = utils.filter_empty_instances(instances, by_mask=False, return_mask=True)[1]
+        if any_mask:
+            is_mask = instances.gt_supervision == Supervision.MASK
+            if self.recompute_boxes:
+                # As Detectron2 does after a crop, for the objects whose mask is the truth.
+                boxes = instances.gt_boxes.tensor.clone()
+                boxes[is_mask] = instances.gt_masks[is_mask].get_bounding_boxes().tensor
+                instances.gt_boxes = Boxes(boxes)
+                keep = utils.filter_empty_instances(instances, by_mask=False, return_mask=True)[1]
+            keep &= ~is_mask | instances.gt_masks.nonempty()
+        dataset_dict["instances"] = instances[keep]

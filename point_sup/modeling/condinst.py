@@ -22,6 +22,11 @@ image's mask features plus its relative coordinates, at stride 8; the logits are
 ``"boxes"`` (B, ``MODEL.BOXINST.ENABLED``)
     BoxInst's projection and pairwise losses (point_sup.modeling.boxinst_losses); the pairwise term
     ramps up linearly over ``MODEL.BOXINST.PAIRWISE.WARMUP_ITERS`` iterations of the trainer.
+``"mixed"`` (``MODEL.MIXED_SUP.ENABLED``)
+    each positive location by the kind of its object (point_sup.data.mixed_supervision): the dice
+    loss for mask-supervised objects, the point loss for point-supervised ones, and for box-only
+    ones BoxInst's losses if ``MODEL.BOXINST.ENABLED``, else none; weighted as
+    point_sup.modeling.mixed_loss says (``loss_mask`` holds the mask and point kinds).
 
 Mask losses are named ``loss_mask`` (M, P_N) or ``loss_prj`` / ``loss_pairwise`` (B), next to FCOS's
 ``loss_fcos_cls`` / ``loss_fcos_loc`` / ``loss_fcos_ctr``.
@@ -58,6 +63,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..config import condinst_supervision
+from ..data.mixed_supervision import Supervision
 from .boxinst_losses import color_similarity, neighbour_offsets, pairwise_loss, projection_loss, rgb_to_lab
 from .condinst_losses import (
     box_cells_at_stride,
@@ -74,6 +80,7 @@ from .dynamic_mask_head import (
     upsample_logits,
 )
 from .mask_branch import MaskBranch
+from .mixed_loss import kind_weights
 from .point_features import get_point_coords_wrt_box
 from .point_loss import PADDING_LABEL, ignore_points_outside_boxes, point_bce_loss
 
@@ -81,7 +88,7 @@ __all__ = ["SUPERVISIONS", "CondInstHead", "PairwiseOptions", "PointSupCondInst"
 
 logger = logging.getLogger(__name__)
 
-SUPERVISIONS = ("mask", "points", "boxes")
+SUPERVISIONS = ("mask", "points", "boxes", "mixed")
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,16 @@ class _MaskInstances:
     sizes_of_interest: torch.Tensor
     gt_index: torch.Tensor | None = None
 
+    def select(self, rows: torch.Tensor) -> _MaskInstances:
+        """The instances at ``rows`` ((R,) bool or int64)."""
+        return _MaskInstances(
+            self.image_index[rows],
+            self.params[rows],
+            self.locations[rows],
+            self.sizes_of_interest[rows],
+            None if self.gt_index is None else self.gt_index[rows],
+        )
+
 
 @META_ARCH_REGISTRY.register()
 class PointSupCondInst(FCOS):
@@ -158,6 +175,8 @@ class PointSupCondInst(FCOS):
         pairwise: PairwiseOptions = PairwiseOptions(),
         point_loss_normalization: str = "all_points",
         input_format: str = "BGR",
+        mixed_box_losses: bool = False,
+        mixed_weighting: str = "instances",
         **fcos_kwargs,
     ):
         """
@@ -171,6 +190,9 @@ class PointSupCondInst(FCOS):
             pairwise: BoxInst's pairwise options.
             point_loss_normalization: ``MODEL.POINT_LOSS.NORMALIZATION`` of the P_N loss.
             input_format: ``INPUT.FORMAT`` (BoxInst's colours are read from the input image).
+            mixed_box_losses: with ``"mixed"``, BoxInst's losses for box-only objects
+                (``MODEL.BOXINST.ENABLED``).
+            mixed_weighting: ``MODEL.MIXED_SUP.WEIGHTING``.
             fcos_kwargs: arguments of Detectron2's ``FCOS`` (backbone, head, head_in_features,
                 num_classes, ...).
         """
@@ -199,6 +221,8 @@ class PointSupCondInst(FCOS):
         self.pairwise_offsets = neighbour_offsets(pairwise.size, pairwise.dilation)
         self.point_loss_normalization = point_loss_normalization
         self.input_format = input_format
+        self.mixed_box_losses = mixed_box_losses
+        self.mixed_weighting = mixed_weighting
         missing = [f for f in mask_branch.in_features if f not in self.head_in_features]
         if missing:
             raise ValueError(
@@ -270,6 +294,8 @@ class PointSupCondInst(FCOS):
             "pairwise": PairwiseOptions(pw.SIZE, pw.DILATION, pw.COLOR_THRESH, pw.WARMUP_ITERS),
             "point_loss_normalization": cfg.MODEL.POINT_LOSS.NORMALIZATION,
             "input_format": cfg.INPUT.FORMAT,
+            "mixed_box_losses": bool(cfg.MODEL.BOXINST.ENABLED),
+            "mixed_weighting": cfg.MODEL.MIXED_SUP.WEIGHTING,
         }
 
     # ----------------------------------------------------------------------------------------------
@@ -346,6 +372,10 @@ class PointSupCondInst(FCOS):
             losses["loss_mask"] = self._dice_loss(mask_logits, inst, gt_instances, images) + zero
         elif self.supervision == "points":
             losses["loss_mask"] = self._point_loss(mask_logits, inst, gt_instances) + zero
+        elif self.supervision == "mixed":
+            losses.update(
+                {k: v + zero for k, v in self._mixed_losses(mask_logits, inst, gt_instances, images).items()}
+            )
         else:
             prj, pairwise = self._box_losses(mask_logits, inst, gt_instances, images)
             losses["loss_prj"] = prj + zero
@@ -375,6 +405,28 @@ class PointSupCondInst(FCOS):
             sizes_of_interest=soi[anchor_index],
             gt_index=torch.stack(gt_index)[image_index, anchor_index],
         )
+
+    def _mixed_losses(self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList) -> dict:
+        """Per-kind losses of a mixed batch (point_sup.modeling.mixed_loss), each on its own instances."""
+        kinds = (
+            self._per_instance(inst, [gt.gt_supervision for gt in gt_instances])
+            if len(inst.image_index)
+            else (torch.zeros((0,), dtype=torch.int64, device=mask_logits.device))
+        )
+        rows = [kinds == Supervision.MASK, kinds == Supervision.POINTS]
+        if self.mixed_box_losses:
+            rows.append(kinds == Supervision.BOX)
+        weights = kind_weights([int(r.sum()) for r in rows], self.mixed_weighting)
+        losses = {
+            "loss_mask": weights[0]
+            * self._dice_loss(mask_logits[rows[0]], inst.select(rows[0]), gt_instances, images)
+            + weights[1] * self._point_loss(mask_logits[rows[1]], inst.select(rows[1]), gt_instances)
+        }
+        if self.mixed_box_losses:
+            prj, pairwise = self._box_losses(mask_logits[rows[2]], inst.select(rows[2]), gt_instances, images)
+            losses["loss_prj"] = weights[2] * prj
+            losses["loss_pairwise"] = weights[2] * pairwise
+        return losses
 
     def _topk_per_object(
         self, positive: torch.Tensor, gt_index: torch.Tensor, score: torch.Tensor
@@ -406,6 +458,10 @@ class PointSupCondInst(FCOS):
         map_size = tuple(mask_logits.shape[-2:])
         targets = []
         for gt, image_size in zip(gt_instances, images.image_sizes, strict=True):
+            if len(gt) and not gt.has("gt_masks") and self.supervision == "mixed":
+                # No mask-supervised object in this image: no row of the target is read.
+                targets.append(torch.zeros((len(gt), *map_size)))
+                continue
             if len(gt) and not gt.has("gt_masks"):
                 raise ValueError(
                     "CondInst trained from masks got objects without gt_masks; train from points with "

@@ -84,9 +84,15 @@ from detectron2.modeling.roi_heads.mask_head import mask_rcnn_inference
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..config import POINT_HEAD_NAME_DEFAULT, check_point_head_classes, check_point_head_name
+from ..config import (
+    POINT_HEAD_NAME_DEFAULT,
+    check_point_head_classes,
+    check_point_head_name,
+    is_mixed_supervision,
+)
 from .conv_fc_head import ConvFCHead
 from .implicit_point_head import DynamicPointHead
+from .mixed_loss import combine_kind_losses, drop_box_only, split_by_supervision
 from .point_features import roi_grid_features, sample_named_features
 from .point_loss import cat_gt_classes, get_mask_point_labels, get_point_targets, point_bce_loss
 from .subdivision import adaptive_subdivision
@@ -154,6 +160,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         train_num_points: int,
         subdivision_steps: int,
         subdivision_num_points: int,
+        mixed_sup: bool = False,
+        mixed_weighting: str = "instances",
     ) -> None:
         """
         Args:
@@ -173,6 +181,9 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             train_num_points: points per RoI sampled uniformly in the box when training from masks.
             subdivision_steps: adaptive subdivision steps; each doubles the side (3: 28 → 224).
             subdivision_num_points: N points recomputed per step; the initial grid is sqrt(N) a side.
+            mixed_sup, mixed_weighting: ``MODEL.MIXED_SUP.ENABLED`` / ``.WEIGHTING``: sampled mask
+                points for mask-supervised proposals, labelled points for point-supervised ones,
+                one L2 over both (point_sup.modeling.mixed_loss).
         """
         super().__init__()
         self.param_in_features = tuple(param_in_features)
@@ -181,6 +192,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         self.pooler_resolution = pooler_resolution
         self.params_l2_weight = params_l2_weight
         self.point_sup = point_sup
+        self.mixed_sup = mixed_sup
+        self.mixed_weighting = mixed_weighting
         self.train_num_points = train_num_points
         self.subdivision_steps = subdivision_steps
         self.subdivision_num_points = subdivision_num_points
@@ -248,6 +261,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             "params_l2_weight": implicit.PARAMS_L2_REGULARIZER,
             "params_init": implicit.PARAMS_INIT,
             "point_sup": cfg.INPUT.POINT_SUP,
+            "mixed_sup": is_mixed_supervision(cfg),
+            "mixed_weighting": cfg.MODEL.MIXED_SUP.WEIGHTING,
             "train_num_points": point.TRAIN_NUM_POINTS,
             "subdivision_steps": point.SUBDIVISION_STEPS,
             "subdivision_num_points": point.SUBDIVISION_NUM_POINTS,
@@ -322,25 +337,45 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         return self._forward_inference(features, instances)
 
     def _forward_train(self, features: Mapping[str, torch.Tensor], instances: list[Instances]) -> dict:
+        if self.mixed_sup:
+            instances = drop_box_only(instances)
         boxes = [x.proposal_boxes for x in instances]
         params = self.predict_params(features, boxes)
         # With no foreground proposal the mean would be NaN; 0 * sum keeps the graph for DDP.
         loss_l2 = self.params_l2_weight * (params**2).mean() if params.numel() else params.sum() * 0.0
-        if self.point_sup:
+        if not self.mixed_sup:
+            return {"loss_mask_point": self._point_loss(features, instances, params), "loss_l2": loss_l2}
+        split = split_by_supervision(instances, self.mixed_weighting)
+        losses = combine_kind_losses(
+            {"loss_mask_point": self._point_loss(features, split.masks, params[split.mask_rows], False)},
+            {"loss_mask_point": self._point_loss(features, split.points, params[split.points_rows], True)},
+            split.weights,
+        )
+        return {**losses, "loss_l2": loss_l2}
+
+    def _point_loss(
+        self,
+        features: Mapping[str, torch.Tensor],
+        instances: list[Instances],
+        params: torch.Tensor,
+        point_sup: bool | None = None,
+    ) -> torch.Tensor:
+        """The point BCE of the R proposals of ``instances`` whose generated parameters are ``params``
+        (R, num_params): at their labelled points (``point_sup``, default the head's) or at
+        TRAIN_NUM_POINTS points labelled from their masks."""
+        boxes = [x.proposal_boxes for x in instances]
+        if self.point_sup if point_sup is None else point_sup:
             point_coords, point_labels = get_point_targets(instances)
         else:
             point_coords, point_labels = self._sample_mask_targets(instances, boxes)
         logits = self.point_logits(features, boxes, point_coords, params)
-        return {
-            "loss_mask_point": point_bce_loss(
-                logits,
-                point_labels,
-                self.point_loss_normalization,
-                log_prefix="implicit_point_rend",
-                classes=cat_gt_classes(instances, params.device),
-            ),
-            "loss_l2": loss_l2,
-        }
+        return point_bce_loss(
+            logits,
+            point_labels,
+            self.point_loss_normalization,
+            log_prefix="implicit_point_rend",
+            classes=cat_gt_classes(instances, params.device),
+        )
 
     def _sample_mask_targets(
         self, instances: list[Instances], boxes: list[Boxes]

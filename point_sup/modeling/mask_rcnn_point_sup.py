@@ -30,6 +30,8 @@ from detectron2.modeling.roi_heads.mask_head import (
 )
 from detectron2.structures import Instances
 
+from ..config import is_mixed_supervision
+from .mixed_loss import combine_kind_losses, split_by_supervision
 from .point_loss import roi_grid_point_loss
 
 # roi_grid_point_loss lives in point_loss (shared with PointRend); re-exported for existing imports.
@@ -45,6 +47,9 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
     ``point_sup=False`` (masks): identical to the parent (``mask_rcnn_loss``).
     ``point_sup=True`` (points): ``loss_mask = loss_weight * roi_grid_point_loss(...)``; the
     ``vis_period`` mask visualisation of the parent needs ground-truth masks and is not produced.
+    ``mixed_sup=True`` (``MODEL.MIXED_SUP``): ``mask_rcnn_loss`` on the mask-supervised proposals and
+    ``roi_grid_point_loss`` on the point-supervised ones, combined as point_sup.modeling.mixed_loss
+    says; box-only proposals get none.
     Inference is always the parent's (``mask_rcnn_inference``).
     """
 
@@ -55,6 +60,8 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         *,
         point_sup: bool = False,
         point_loss_normalization: str = "all_points",
+        mixed_sup: bool = False,
+        mixed_weighting: str = "instances",
         **kwargs,
     ):
         """
@@ -62,16 +69,21 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
             input_shape, kwargs: as for :class:`MaskRCNNConvUpsampleHead`.
             point_sup: train from ``gt_point_coords`` / ``gt_point_labels`` instead of ``gt_masks``.
             point_loss_normalization: ``MODEL.POINT_LOSS.NORMALIZATION``.
+            mixed_sup, mixed_weighting: ``MODEL.MIXED_SUP.ENABLED`` / ``.WEIGHTING``.
         """
         super().__init__(input_shape, **kwargs)
         self.point_sup = point_sup
         self.point_loss_normalization = point_loss_normalization
+        self.mixed_sup = mixed_sup
+        self.mixed_weighting = mixed_weighting
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec) -> dict:
         ret = super().from_config(cfg, input_shape)
         ret["point_sup"] = bool(cfg.INPUT.POINT_SUP)
         ret["point_loss_normalization"] = cfg.MODEL.POINT_LOSS.NORMALIZATION
+        ret["mixed_sup"] = is_mixed_supervision(cfg)
+        ret["mixed_weighting"] = cfg.MODEL.MIXED_SUP.WEIGHTING
         return ret
 
     def forward(self, x: torch.Tensor, instances: list[Instances]):
@@ -87,15 +99,31 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
         """
         x = self.layers(x)
         if self.training:
-            if self.point_sup:
-                loss = roi_grid_point_loss(
-                    x, instances, log_prefix="mask_rcnn_point", normalization=self.point_loss_normalization
+            if self.mixed_sup:
+                split = split_by_supervision(instances, self.mixed_weighting)
+                losses = combine_kind_losses(
+                    {
+                        "loss_mask": mask_rcnn_loss(
+                            x[split.mask_rows.to(x.device)], split.masks, self.vis_period
+                        )
+                    },
+                    {"loss_mask": self._point_loss(x[split.points_rows.to(x.device)], split.points)},
+                    split.weights,
                 )
+                # Box-only proposals' rows stay in the graph with weight 0 (DDP: every parameter used).
+                return {"loss_mask": (losses["loss_mask"] + x.sum() * 0.0) * self.loss_weight}
+            if self.point_sup:
+                loss = self._point_loss(x, instances)
             else:
                 loss = mask_rcnn_loss(x, instances, self.vis_period)
             return {"loss_mask": loss * self.loss_weight}
         mask_rcnn_inference(x, instances)
         return instances
+
+    def _point_loss(self, x: torch.Tensor, instances: list[Instances]) -> torch.Tensor:
+        return roi_grid_point_loss(
+            x, instances, log_prefix="mask_rcnn_point", normalization=self.point_loss_normalization
+        )
 
 
 @ROI_MASK_HEAD_REGISTRY.register()

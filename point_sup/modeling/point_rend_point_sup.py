@@ -53,8 +53,9 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..config import check_point_head_classes, check_point_head_name
+from ..config import check_point_head_classes, check_point_head_name, is_mixed_supervision
 from .conv_fc_head import ConvFCHead
+from .mixed_loss import combine_kind_losses, drop_box_only, split_by_supervision
 from .point_features import (
     calculate_uncertainty,
     get_uncertain_point_coords_with_randomness,
@@ -173,6 +174,8 @@ class PointSupPointRendMaskHead(nn.Module):
         subdivision_num_points: int,
         point_loss_normalization: str = "all_points",
         mask_point_labels: str = "bilinear",
+        mixed_sup: bool = False,
+        mixed_weighting: str = "instances",
     ):
         """
         Args:
@@ -188,6 +191,8 @@ class PointSupPointRendMaskHead(nn.Module):
                 training from masks (PointRend's N, k, beta).
             subdivision_steps, subdivision_num_points: adaptive subdivision at inference.
             point_loss_normalization, mask_point_labels: ``MODEL.POINT_LOSS.*``.
+            mixed_sup, mixed_weighting: ``MODEL.MIXED_SUP.ENABLED`` / ``.WEIGHTING``: both
+                recipes, each on its own instances (point_sup.modeling.mixed_loss).
         """
         super().__init__()
         missing = set(coarse_in_features) | set(point_in_features if point_head is not None else ())
@@ -213,6 +218,8 @@ class PointSupPointRendMaskHead(nn.Module):
         self.subdivision_num_points = subdivision_num_points
         self.point_loss_normalization = point_loss_normalization
         self.mask_point_labels = mask_point_labels
+        self.mixed_sup = mixed_sup
+        self.mixed_weighting = mixed_weighting
 
     @classmethod
     def from_config(cls, cfg, input_shape) -> dict:
@@ -255,6 +262,8 @@ class PointSupPointRendMaskHead(nn.Module):
             "subdivision_num_points": point_cfg.SUBDIVISION_NUM_POINTS,
             "point_loss_normalization": cfg.MODEL.POINT_LOSS.NORMALIZATION,
             "mask_point_labels": cfg.MODEL.POINT_LOSS.MASK_POINT_LABELS,
+            "mixed_sup": is_mixed_supervision(cfg),
+            "mixed_weighting": cfg.MODEL.MIXED_SUP.WEIGHTING,
         }
 
     # ------------------------------------------------------------------ forward
@@ -271,8 +280,19 @@ class PointSupPointRendMaskHead(nn.Module):
             coarse side without point head).
         """
         if self.training:
+            if self.mixed_sup:
+                instances = drop_box_only(instances)
             boxes = [inst.proposal_boxes for inst in instances]
             coarse = self.coarse_head(self._roi_features(features, boxes))
+            if self.mixed_sup:
+                split = split_by_supervision(instances, self.mixed_weighting)
+                return combine_kind_losses(
+                    self._mask_losses(features, coarse[split.mask_rows.to(coarse.device)], split.masks),
+                    self._point_sup_losses(
+                        features, coarse[split.points_rows.to(coarse.device)], split.points
+                    ),
+                    split.weights,
+                )
             if self.point_sup:
                 return self._point_sup_losses(features, coarse, instances)
             return self._mask_losses(features, coarse, instances)

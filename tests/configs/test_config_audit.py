@@ -414,6 +414,51 @@ COUNTERPARTS.update(
     }
 )
 
+# Mixed supervision (issue 15, not in the paper): the head's M recipe, trained per object from what
+# each annotation carries; point-based augmentation for the point objects as in the P10 rows.
+MIXED = {"MODEL.MIXED_SUP.ENABLED": (True, "per-object supervision: masks, P10 points or boxes (issue 15)")}
+COCO_M10 = train("coco_2017_train_p10_m10", why="10 % of the objects keep their mask, the rest P10")
+COCO_B50 = train("coco_2017_train_p10_b50", why="P10 with half of the objects box only")
+CONDINST_CROP = {"MODEL.CONDINST.INFER_CROP_TO_BOX": CONDINST_P10["MODEL.CONDINST.INFER_CROP_TO_BOX"]}
+COUNTERPARTS.update(
+    {
+        "COCO/mask_rcnn_R_50_FPN_3x_mixed.yaml": Counterpart(
+            "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+            deltas={
+                "MODEL.ROI_MASK_HEAD.NAME": HEAD_P10["MODEL.ROI_MASK_HEAD.NAME"],
+                **MIXED,
+                **COCO_M10,
+            },
+        ),
+        "COCO/point_rend_R_50_FPN_3x_mixed.yaml": Counterpart(
+            BASE,
+            [POINT_REND_BASE, POINT_REND_R50_3X],
+            {
+                "MODEL.ROI_MASK_HEAD.NAME": (
+                    "PointSupPointRendMaskHead",
+                    "point_sup's point-trainable PointRend",
+                ),
+                **MIXED,
+                **POINT_AUG,
+                **COCO_M10,
+            },
+        ),
+        "COCO/implicit_point_rend_R_50_FPN_3x_mixed.yaml": Counterpart(
+            BASE, [IMPLICIT_BASE, IMPLICIT_R50_3X], {**IMPLICIT_HEAD, **MIXED, **POINT_AUG, **COCO_M10}
+        ),
+        "COCO/condinst_R_50_FPN_3x_mixed.yaml": Counterpart(
+            None,
+            [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X],
+            {**CONDINST_ARCH, **CONDINST_CROP, **MIXED, **POINT_AUG, **COCO_M10},
+        ),
+        "COCO/boxinst_R_50_FPN_3x_mixed.yaml": Counterpart(
+            None,
+            [ADELAIDET_BOXINST_BASE, ADELAIDET_R50_3X],
+            {**CONDINST_ARCH, **CONDINST_CROP, **MIXED, **POINT_AUG, **COCO_B50},
+        ),
+    }
+)
+
 for _target, _init in (("M_from_coco_M", "M"), ("M_from_coco_P10", "P10"), ("P10_from_coco_M", "M")):
     _base = COUNTERPARTS[f"VOC/mask_rcnn_R_50_FPN_{_target.split('_')[0]}.yaml"]
     COUNTERPARTS[f"VOC/mask_rcnn_R_50_FPN_{_target}.yaml"] = Counterpart(

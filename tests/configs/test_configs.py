@@ -53,7 +53,12 @@ def test_point_supervised_configs_name_point_sup_heads(path):
             assert path.stem.startswith("condinst_"), path
         else:
             assert cfg.MODEL.ROI_MASK_HEAD.NAME.startswith("PointSup"), f"{path}: needs a point_sup head"
-    if is_condinst(cfg) and cfg.MODEL.BOXINST.ENABLED:  # BoxInst files say so, and train on boxes
+    if cfg.MODEL.MIXED_SUP.ENABLED:  # mixed files say so, and train on a mixed set
+        assert path.stem.endswith("_mixed") and not cfg.INPUT.POINT_SUP, path
+        assert all(name.endswith(("_m10", "_b50")) for name in cfg.DATASETS.TRAIN), path
+        if not is_condinst(cfg):
+            assert cfg.MODEL.ROI_MASK_HEAD.NAME.startswith("PointSup"), f"{path}: needs a point_sup head"
+    elif is_condinst(cfg) and cfg.MODEL.BOXINST.ENABLED:  # BoxInst files say so, and train on boxes
         assert path.stem.startswith("boxinst_") and path.stem.endswith("_B"), path
         assert all(name.endswith("_boxes") for name in cfg.DATASETS.TRAIN), path
 
@@ -69,9 +74,18 @@ def test_config_trains_one_iteration(path, nuclei_datasets, tiny_overrides, tmp_
     paper_head = cfg.MODEL.ROI_MASK_HEAD.NAME
     condinst = is_condinst(cfg)
     box_only = condinst and cfg.MODEL.BOXINST.ENABLED
-    train = (
-        "nuclei_train_p10" if cfg.INPUT.POINT_SUP else "nuclei_train_boxes" if box_only else "nuclei_train"
-    )
+    mixed = cfg.MODEL.MIXED_SUP.ENABLED
+    box_only = box_only and not mixed
+    if mixed:  # the nuclei mixed config (the COCO ones are in the recipes) trains on its own set
+        train = cfg.DATASETS.TRAIN[0]
+    else:
+        train = (
+            "nuclei_train_p10"
+            if cfg.INPUT.POINT_SUP
+            else "nuclei_train_boxes"
+            if box_only
+            else "nuclei_train"
+        )
     cfg.merge_from_list(tiny_overrides)
     cfg.merge_from_list(
         ["DATASETS.TRAIN", (train,), "DATASETS.TEST", ("nuclei_val",), "OUTPUT_DIR", str(tmp_path)]

@@ -63,6 +63,7 @@ def test_the_conversion_and_annotation_tools_start_without_torch_or_detectron2(t
     for argv in (
         ["tools/prepare_point_annotations.py", str(src), str(tmp_path / "out.json"), "--no-progress"],
         ["tools/prepare_point_annotations.py", "--help"],
+        ["tools/convert_annotations.py", "--help"],
         ["tools/annotate.py", "--help"],
         ["tools/select_annotation_budget.py", "--help"],
     ):

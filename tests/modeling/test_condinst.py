@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -408,3 +409,105 @@ def test_inference_masks_are_the_dynamic_heads_output_upsampled():
     expected = up[:, 0, :64, :96] > 0
     torch.testing.assert_close(out.pred_masks, expected)
     torch.testing.assert_close(out.pred_boxes.tensor, det.pred_boxes.tensor[keep])
+
+
+# ------------------------------------------------------------------------------ mixed supervision
+MIXED_BOXES = [[10, 10, 40, 30], [60, 5, 90, 60], [20, 35, 55, 62], [45, 40, 70, 58]]
+
+
+def _mixed_batch(kinds: list[int]):
+    """One 64x96 image with the four MIXED_BOXES objects of ``kinds`` (gt_supervision) plus an empty
+    image: every object has a mask and points (the mapper would give the others placeholders)."""
+    size = (64, 96)
+    gt = _full_gt(size, MIXED_BOXES)
+    gt.gt_supervision = torch.tensor(kinds)
+    empty = _full_gt(size, [])
+    empty.gt_supervision = torch.zeros(0, dtype=torch.int64)
+    return [_batch(size, gt, seed=1), _batch(size, empty, seed=2)]
+
+
+def _condinst_losses(model, batch, seed=0):
+    torch.manual_seed(seed)
+    model.train()
+    with EventStorage(0):
+        return model(batch)
+
+
+@pytest.mark.parametrize(
+    "config, kind",
+    [
+        ("configs/nuclei/condinst_R_18_FPN_M.yaml", 2),
+        ("configs/nuclei/condinst_R_18_FPN_P10.yaml", 1),
+        ("configs/nuclei/boxinst_R_18_FPN_B.yaml", 0),
+    ],
+)
+def test_mixed_supervision_of_one_kind_gives_todays_losses_exactly(config, kind):
+    """All-mask, all-point and (BoxInst) all-box batches: the mixed model's losses are bit-identical
+    to the pure model's (same weights, same seed)."""
+    pure = _model(config=config)
+    opts = ["INPUT.POINT_SUP", False, "MODEL.MIXED_SUP.ENABLED", True]
+    mixed = _model(*opts, config=config)
+    assert mixed.supervision == "mixed" and mixed.mixed_box_losses == (kind == 0)
+    mixed.load_state_dict(pure.state_dict())
+    batch = _mixed_batch([kind] * 4)
+    a, b = _condinst_losses(pure, batch), _condinst_losses(mixed, batch)
+    assert set(a) == set(b) if kind else set(a) <= set(b)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_mixed_condinst_reaches_each_object_only_through_its_own_kind():
+    """Mask, points, box-only and (with BoxInst) box objects in one image: the mask loss is the
+    documented weighted sum, and changing what an object carries beyond its kind changes nothing."""
+    model = _model("MODEL.MIXED_SUP.ENABLED", True, "MODEL.BOXINST.ENABLED", True)
+    kinds = [2, 1, 0, 1]
+    batch = _mixed_batch(kinds)
+    losses = _condinst_losses(model, batch)
+    assert {"loss_mask", "loss_prj", "loss_pairwise"} <= set(losses)
+    gt = batch[0]["instances"]
+    changed = copy.deepcopy(batch)
+    cgt = changed[0]["instances"]
+    masks = cgt.gt_masks.tensor.clone()
+    masks[1:] = ~masks[1:]  # every object but the mask-supervised one
+    cgt.gt_masks = BitMasks(masks)
+    cgt.gt_point_labels[[0, 2]] = 1.0 - cgt.gt_point_labels[[0, 2]]  # the non-point objects
+    again = _condinst_losses(model, changed)
+    for name in ("loss_mask", "loss_prj", "loss_pairwise"):  # FCOS's own change: its normaliser is an EMA
+        assert torch.equal(losses[name], again[name]), name
+    # Per kind, from the model's own per-kind functions on the instances of that kind.
+    torch.manual_seed(0)
+    with EventStorage(0):
+        images = model.preprocess_image(batch)
+        features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
+        predictions = model.head(features)
+        gt_instances = [x["instances"] for x in batch]
+        logits, _, ctrness, params = model._transpose_dense_predictions(
+            predictions, [model.num_classes, 4, 1, model.mask_head_layout.num_params]
+        )
+        anchors = model.anchor_generator(features)
+        gt_labels, _, gt_index = model._match(anchors, gt_instances)
+        inst = model._positive_instances(anchors, gt_labels, gt_index, logits, ctrness, params)
+        mask_features = model.mask_branch(dict(zip(model.head_in_features, features, strict=True)))
+        mask_logits = model._mask_logits(mask_features, inst)
+        kind = torch.tensor(kinds)[inst.gt_index]
+        counts = [int((kind == k).sum()) for k in (2, 1, 0)]
+        assert min(counts) > 0
+        w = [c / sum(counts) for c in counts]
+        rows = [kind == k for k in (2, 1, 0)]
+        dice = model._dice_loss(mask_logits[rows[0]], inst.select(rows[0]), gt_instances, images)
+        point = model._point_loss(mask_logits[rows[1]], inst.select(rows[1]), gt_instances)
+        prj, _ = model._box_losses(mask_logits[rows[2]], inst.select(rows[2]), gt_instances, images)
+    torch.testing.assert_close(losses["loss_mask"], w[0] * dice + w[1] * point, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["loss_prj"], w[2] * prj, rtol=1e-5, atol=1e-6)
+    assert gt.gt_supervision.tolist() == kinds
+
+
+def test_mixed_condinst_without_boxinst_gives_box_only_objects_no_mask_loss():
+    model = _model("MODEL.MIXED_SUP.ENABLED", True)
+    assert not model.mixed_box_losses
+    losses = _condinst_losses(model, _mixed_batch([0, 0, 0, 0]))
+    assert "loss_prj" not in losses and float(losses["loss_mask"]) == 0.0
+    model.zero_grad()
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert torch.count_nonzero(model.mask_branch.out.weight.grad) == 0
