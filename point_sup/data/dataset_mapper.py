@@ -240,6 +240,23 @@ class PointSupDatasetMapper(DatasetMapper):
                 anno.pop("segmentation", None)
             if not self.use_keypoint:
                 anno.pop("keypoints", None)
+        instances = self._instances_with_points(annos, points, [True] * len(points), transforms, image_shape)
+        if self.recompute_boxes and instances.has("gt_masks"):
+            # As Detectron2 does after a crop: the clipped box may no longer be tight around the mask.
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+
+    def _instances_with_points(
+        self,
+        annos: list[dict],
+        points: list[tuple],
+        subsample: list[bool],
+        transforms: T.TransformList,
+        image_shape: tuple[int, int],
+    ) -> Instances:
+        """Detectron2's instances of the annotations (boxes, classes, masks where kept) plus their
+        points, each through ``transforms``; point-based augmentation on the objects ``subsample``
+        marks. ``points``: per annotation ``(point_coords, point_labels)`` as in the dataset dicts."""
         annos = [
             utils.transform_instance_annotations(
                 anno, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
@@ -248,18 +265,15 @@ class PointSupDatasetMapper(DatasetMapper):
         ]
         instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
         coords, labels = [], []
-        for point_coords, point_labels in points:
+        for (point_coords, point_labels), sample in zip(points, subsample, strict=True):
             c, lab = transform_point_annotations(point_coords, point_labels, transforms, image_shape)
-            if self.sample_points:
+            if self.sample_points and sample:
                 keep = subsample_points(lab, self.sample_points)
                 c, lab = c[keep], lab[keep]
             coords.append(c)
             labels.append(lab)
         instances.gt_point_coords, instances.gt_point_labels = pad_point_annotations(coords, labels)
-        if self.recompute_boxes and instances.has("gt_masks"):
-            # As Detectron2 does after a crop: the clipped box may no longer be tight around the mask.
-            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
-        dataset_dict["instances"] = utils.filter_empty_instances(instances)
+        return instances
 
     def _transform_mixed_annotations(
         self, dataset_dict: dict, transforms: T.TransformList, image_shape
@@ -279,22 +293,8 @@ class PointSupDatasetMapper(DatasetMapper):
                 anno["segmentation"] = _NO_MASK
             if not self.use_keypoint:
                 anno.pop("keypoints", None)
-        annos = [
-            utils.transform_instance_annotations(
-                anno, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
-            )
-            for anno in annos
-        ]
-        instances = utils.annotations_to_instances(annos, image_shape, mask_format=self.instance_mask_format)
-        coords, labels = [], []
-        for (point_coords, point_labels), kind in zip(points, kinds, strict=True):
-            c, lab = transform_point_annotations(point_coords, point_labels, transforms, image_shape)
-            if self.sample_points and kind == Supervision.POINTS:
-                keep = subsample_points(lab, self.sample_points)
-                c, lab = c[keep], lab[keep]
-            coords.append(c)
-            labels.append(lab)
-        instances.gt_point_coords, instances.gt_point_labels = pad_point_annotations(coords, labels)
+        subsample = [kind == Supervision.POINTS for kind in kinds]
+        instances = self._instances_with_points(annos, points, subsample, transforms, image_shape)
         instances.gt_supervision = torch.tensor([int(k) for k in kinds], dtype=torch.int64)
         keep = utils.filter_empty_instances(instances, by_mask=False, return_mask=True)[1]
         if any_mask:
