@@ -105,7 +105,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
       numbers are. The COCOeval behind it (:func:`coco_eval_implementation`, forced with
       ``POINT_SUP_COCO_EVAL=auto|faster|pycocotools|detectron2``): Detectron2's C++ one where its
       extension is built, otherwise faster-coco-eval's (:class:`.fast_coco.FasterCOCOEvaluator`, same
-      numbers as pycocotools') where installed, otherwise pycocotools'. A dataset with point labels but no masks gets box AP plus :class:`PointSupEvaluator`.
+      numbers as pycocotools') where installed, otherwise pycocotools'.
+      A dataset with point labels but no masks gets box AP plus :class:`PointSupEvaluator`.
     * ``lvis``: Detectron2's LVISEvaluator (needs ``pip install lvis``), through
       :class:`.lvis.LVISEvaluator`, which lets lvis 0.5.3 (PyPI's latest) evaluate on numpy >= 1.24;
       with ``POINT_SUP_COCO_EVAL=faster``, :class:`.fast_coco.FasterLVISEvaluator` (same numbers).

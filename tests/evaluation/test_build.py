@@ -1,4 +1,5 @@
-"""build_evaluator: the AP it reports equals pycocotools' COCOeval run directly on the same predictions."""
+"""build_evaluator: the AP it reports equals pycocotools' COCOeval run directly on the same predictions;
+which COCOeval it uses (Detectron2's C++, faster-coco-eval's, pycocotools'), and POINT_SUP_COCO_EVAL."""
 
 import contextlib
 import io
@@ -14,8 +15,23 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from point_sup import compat
 from point_sup.data.nuclei import build_nuclei_coco
-from point_sup.evaluation import PointSupEvaluator, build_evaluator
+from point_sup.evaluation import (
+    COCO_EVAL_ENV,
+    FasterCOCOEvaluator,
+    FasterLVISEvaluator,
+    PointSupEvaluator,
+    build_evaluator,
+    coco_eval_implementation,
+    fast_coco,
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_forced_coco_eval(monkeypatch):
+    """The default choice in every test here, whatever the environment that runs them sets."""
+    monkeypatch.delenv(COCO_EVAL_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +116,8 @@ def test_mask_ap_equals_pycocotools(nuclei_val, tmp_path):
     assert ours == pytest.approx(direct, abs=1e-9)
 
 
-def test_point_only_dataset_gets_point_evaluator(tmp_path):
+@pytest.fixture
+def points_only_dataset():
     name = "test_eval_points_only"
     records = [
         {
@@ -116,16 +133,135 @@ def test_point_only_dataset_gets_point_evaluator(tmp_path):
     ]  # fmt: skip
     DatasetCatalog.register(name, lambda: records)
     MetadataCatalog.get(name).set(thing_classes=["a"], evaluator_type="coco")
-    try:
-        from detectron2.config import get_cfg
+    yield name
+    DatasetCatalog.remove(name)
+    MetadataCatalog.remove(name)
 
-        cfg = get_cfg()
-        cfg.OUTPUT_DIR = str(tmp_path)
-        evaluator = build_evaluator(cfg, name)
-        assert isinstance(evaluator, DatasetEvaluators)
-        kinds = [type(e) for e in evaluator._evaluators]
-        assert kinds == [COCOEvaluator, PointSupEvaluator]
-        assert evaluator._evaluators[0]._tasks == ("bbox",)
+
+def _cfg(tmp_path):
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    return cfg
+
+
+def test_point_only_dataset_gets_point_evaluator(points_only_dataset, tmp_path):
+    evaluator = build_evaluator(_cfg(tmp_path), points_only_dataset)
+    assert isinstance(evaluator, DatasetEvaluators)
+    box_evaluator, point_evaluator = evaluator._evaluators
+    assert isinstance(box_evaluator, COCOEvaluator) and type(point_evaluator) is PointSupEvaluator
+    assert box_evaluator._tasks == ("bbox",)
+
+
+# ----------------------------------------------------------------------------------------------
+# Which COCOeval: POINT_SUP_COCO_EVAL=auto|faster|pycocotools|detectron2
+
+
+def _pretend(monkeypatch, *, detectron2_ext: bool, faster: bool) -> None:
+    """Whether Detectron2's C++ COCOeval and faster_coco_eval are usable, as build.py asks it."""
+    monkeypatch.setattr(compat, "coco_eval_fast_impl_available", lambda: detectron2_ext)
+    monkeypatch.setattr(fast_coco, "faster_coco_eval_available", lambda: faster)
+
+
+@pytest.mark.parametrize(
+    "detectron2_ext, faster, expected",
+    [
+        (True, True, "detectron2"),
+        (True, False, "detectron2"),
+        (False, True, "faster"),
+        (False, False, "pycocotools"),
+    ],
+)
+def test_auto_choice(monkeypatch, detectron2_ext, faster, expected):
+    _pretend(monkeypatch, detectron2_ext=detectron2_ext, faster=faster)
+    assert coco_eval_implementation() == expected
+    monkeypatch.setenv(COCO_EVAL_ENV, "auto")
+    assert coco_eval_implementation() == expected
+    assert coco_eval_implementation("lvis") == "lvis"  # the official API unless forced
+
+
+def test_auto_without_the_extension_builds_faster_evaluator(nuclei_val, points_only_dataset, tmp_path):
+    if compat.coco_eval_fast_impl_available() or not fast_coco.faster_coco_eval_available():
+        pytest.skip("needs a detectron2 without its C++ extension and faster_coco_eval installed")
+    assert type(build_evaluator(_cfg(tmp_path), nuclei_val[0])) is FasterCOCOEvaluator
+    box_evaluator, _ = build_evaluator(_cfg(tmp_path), points_only_dataset)._evaluators
+    assert type(box_evaluator) is FasterCOCOEvaluator and box_evaluator._tasks == ("bbox",)
+
+
+def test_without_faster_coco_eval_falls_back_to_pycocotools(monkeypatch, nuclei_val, tmp_path):
+    _pretend(monkeypatch, detectron2_ext=False, faster=False)
+    evaluator = build_evaluator(_cfg(tmp_path), nuclei_val[0])
+    assert type(evaluator) is COCOEvaluator and not evaluator._use_fast_impl
+
+
+def test_with_the_extension_detectron2s_own(monkeypatch, nuclei_val, tmp_path):
+    _pretend(monkeypatch, detectron2_ext=True, faster=True)
+    # COCOEvaluator(use_fast_impl=True) itself falls back where the extension is really missing.
+    assert type(build_evaluator(_cfg(tmp_path), nuclei_val[0])) is COCOEvaluator
+
+
+@pytest.mark.parametrize("value", ["faster", "FASTER", " faster "])
+def test_forced_faster(monkeypatch, nuclei_val, tmp_path, value):
+    _pretend(monkeypatch, detectron2_ext=True, faster=True)
+    monkeypatch.setenv(COCO_EVAL_ENV, value)
+    assert coco_eval_implementation() == "faster" and coco_eval_implementation("lvis") == "faster"
+    # (Building it imports no faster_coco_eval yet: evaluating does.)
+    assert type(build_evaluator(_cfg(tmp_path), nuclei_val[0])) is FasterCOCOEvaluator
+
+
+def test_forced_pycocotools(monkeypatch, nuclei_val, tmp_path):
+    _pretend(monkeypatch, detectron2_ext=True, faster=True)
+    monkeypatch.setenv(COCO_EVAL_ENV, "pycocotools")
+    evaluator = build_evaluator(_cfg(tmp_path), nuclei_val[0])
+    assert type(evaluator) is COCOEvaluator and not evaluator._use_fast_impl
+    assert coco_eval_implementation("lvis") == "lvis"
+
+
+def test_forced_detectron2(monkeypatch):
+    monkeypatch.setenv(COCO_EVAL_ENV, "detectron2")
+    _pretend(monkeypatch, detectron2_ext=True, faster=True)
+    assert coco_eval_implementation() == "detectron2"
+    assert coco_eval_implementation("lvis") == "lvis"  # Detectron2's LVISEvaluator: the lvis API
+    _pretend(monkeypatch, detectron2_ext=False, faster=True)
+    with pytest.raises(RuntimeError, match="C\\+\\+ COCOeval is not built"):
+        coco_eval_implementation()
+
+
+def test_forced_faster_without_the_package(monkeypatch):
+    _pretend(monkeypatch, detectron2_ext=False, faster=False)
+    monkeypatch.setenv(COCO_EVAL_ENV, "faster")
+    for evaluator_type in ("coco", "lvis"):
+        with pytest.raises(ImportError, match="pip install faster-coco-eval"):
+            coco_eval_implementation(evaluator_type)
+
+
+@pytest.mark.parametrize("value", ["fast", "1", "lvis"])
+def test_bad_value_is_an_error(monkeypatch, nuclei_val, tmp_path, value):
+    monkeypatch.setenv(COCO_EVAL_ENV, value)
+    with pytest.raises(ValueError, match=f"POINT_SUP_COCO_EVAL='{value}' is not one of auto, faster"):
+        build_evaluator(_cfg(tmp_path), nuclei_val[0])
+
+
+def test_lvis_forced_faster_builds_faster_lvis_evaluator(monkeypatch, tmp_path):
+    pytest.importorskip("lvis")
+    import json
+
+    path = tmp_path / "lvis.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "height": 4, "width": 4,
+                    "neg_category_ids": [], "not_exhaustive_category_ids": []}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4.0,
+                         "segmentation": [[0, 0, 0, 2, 2, 2, 2, 0]]}],
+        "categories": [{"id": 1, "name": "a", "frequency": "f"}],
+    }))  # fmt: skip
+    name = "test_eval_lvis_forced"
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(json_file=str(path), evaluator_type="lvis", thing_classes=["a"])
+    try:
+        _pretend(monkeypatch, detectron2_ext=False, faster=True)
+        monkeypatch.setenv(COCO_EVAL_ENV, "faster")
+        assert type(build_evaluator(_cfg(tmp_path), name)) is FasterLVISEvaluator
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
