@@ -354,6 +354,9 @@ class PointSupCondInst(FCOS):
         logits, deltas, ctrness, params = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4, 1, self.mask_head_layout.num_params]
         )
+        # FCOS's losses in float32 (a no-op without autocast): under SOLVER.AMP its box decoding
+        # writes float32 boxes into a half-precision tensor and fails.
+        logits, deltas, ctrness = ([t.float() for t in x] for x in (logits, deltas, ctrness))
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes, gt_index = self._match(anchors, gt_instances)
         losses = self.losses(anchors, logits, gt_labels, deltas, gt_boxes, ctrness)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+from operator import attrgetter
+
 import pytest
 import torch
 from detectron2.config import CfgNode, get_cfg
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
 from point_sup.modeling.point_features import get_point_coords_wrt_image
@@ -87,3 +91,45 @@ def make_point_sup_inputs(num_instances: tuple[int, ...] = (3, 0)) -> list[dict]
 def point_sup_inputs():
     """Factory ``point_sup_inputs(num_instances=(3, 0))`` of point-supervised training inputs."""
     return make_point_sup_inputs
+
+
+def losses_and_grads(model, part: str, inputs, amp: bool) -> tuple[dict, torch.Tensor]:
+    """The losses and the gradients of the submodule ``part`` (a dotted name) of a copy of ``model``
+    (a copy: state such as FCOS's loss-normaliser EMA must not carry over from run to run)."""
+    model = copy.deepcopy(model)
+    model.train()
+    model.zero_grad()
+    torch.manual_seed(1)  # the same proposals / sampled points in both runs
+    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        losses = model(inputs)
+    sum(losses.values()).backward()
+    grads = torch.cat([p.grad.flatten() for p in attrgetter(part)(model).parameters() if p.grad is not None])
+    return {k: v.detach().float() for k, v in losses.items()}, grads
+
+
+def assert_autocast_close_to_float32(model, part: str, inputs) -> None:
+    """SOLVER.AMP.ENABLED's check (tests/modeling/test_amp.py): under CPU bfloat16 autocast the
+    losses of ``model`` on ``inputs`` are finite and within 5 % of float32's, the gradients of its
+    ``part`` finite, in float32's direction (cosine > 0.97) and of its size (within 15 %)."""
+    full, full_grads = losses_and_grads(model, part, inputs, amp=False)
+    half, half_grads = losses_and_grads(model, part, inputs, amp=True)
+    assert set(full) == set(half)
+    for name, value in half.items():
+        assert torch.isfinite(value), name
+        # bfloat16 keeps 8 bits of mantissa: about 2-3 significant digits through a whole network
+        assert abs(float(value) - float(full[name])) <= 0.05 * abs(float(full[name])) + 1e-3, name
+    assert torch.isfinite(half_grads).all()
+    assert full_grads.abs().sum() > 0
+    # Direction and size, not elementwise: bfloat16's backward through a randomly initialised
+    # network cancels large terms, so single entries move by tens of percent (CondInst: 20 % in L2)
+    # while the gradient as a whole stays put.
+    full64, half64 = full_grads.double(), half_grads.double()
+    cosine = float(full64 @ half64 / (full64.norm() * half64.norm()))
+    assert cosine > 0.97, cosine
+    assert abs(float(half64.norm() / full64.norm()) - 1.0) < 0.15
+
+
+@pytest.fixture
+def autocast_check():
+    """:func:`assert_autocast_close_to_float32`."""
+    return assert_autocast_close_to_float32

@@ -511,3 +511,11 @@ def test_mixed_condinst_without_boxinst_gives_box_only_objects_no_mask_loss():
     sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert torch.count_nonzero(model.mask_branch.out.weight.grad) == 0
+
+
+def test_bfloat16_autocast_gives_finite_losses_and_gradients_close_to_float32(autocast_check):
+    """SOLVER.AMP.ENABLED with CondInst trained from points (the check of test_amp.py)."""
+    model = _model(config="configs/nuclei/condinst_R_18_FPN_P10.yaml")
+    size = (64, 96)
+    batch = [_batch(size, _full_gt(size, [[10, 10, 40, 30], [60, 5, 90, 60]]), seed=s) for s in (1, 2)]
+    autocast_check(model, "mask_branch", batch)
