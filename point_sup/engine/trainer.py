@@ -89,8 +89,9 @@ class PointSupTrainer(DefaultTrainer):
     * checks, before training starts, that the training datasets carry the supervision the
       config asks for (points for ``INPUT.POINT_SUP``, masks otherwise) and that class counts agree;
     * loads training data through :class:`~point_sup.data.dataset_mapper.PointSupDatasetMapper`;
-    * evaluates with :func:`point_sup.evaluation.build_evaluator` (pycocotools when detectron2 has
-      no C++ extension; point-level metrics for point-only validation sets);
+    * evaluates with :func:`point_sup.evaluation.build_evaluator` (faster-coco-eval's C++ COCOeval,
+      else pycocotools, when detectron2 has no C++ extension; point-level metrics for point-only
+      validation sets);
     * wraps CPU models for multi-process (gloo) training without ``device_ids``.
     """
 

@@ -88,7 +88,9 @@ def coco_eval_implementation(evaluator_type: str = "coco") -> str:
     return choice
 
 
-def _coco_evaluator(dataset_name: str, output_folder: str, tasks: tuple[str, ...] | None = None):
+def _coco_evaluator(
+    dataset_name: str, output_folder: str, tasks: tuple[str, ...] | None = None
+) -> COCOEvaluator:
     implementation = coco_eval_implementation("coco")
     if implementation == "faster":
         return fast_coco.FasterCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
