@@ -8,8 +8,9 @@
 2. simulates P10 annotations from the training masks with point_sup's simulator;
 3. trains the same Mask R-CNN (ResNet-18-FPN with GroupNorm, from scratch, CPU) twice: with full
    masks (M) and with P10 points only (the point loss of PointSupMaskRCNNConvUpsampleHead);
-4. evaluates mask AP on the held-out region (COCO metric, pycocotools), saves a picture of the
-   points and the predicted masks, and prints a table beside the paper's COCO numbers (Table 1a).
+4. evaluates mask AP on the held-out region (COCO metric: faster-coco-eval or pycocotools), saves a
+   picture of the points and the predicted masks, and prints a table beside the paper's COCO numbers
+   (Table 1a).
 
 The console shows one line per stage, a progress bar per training and the table; Detectron2's,
 point_sup's and the libraries' messages and warnings go to <output>/log.txt.
