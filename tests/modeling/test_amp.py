@@ -18,6 +18,10 @@ def _rcnn(tiny_cfg, point_sup_inputs, head: str):
     if head != HEADS[0]:
         cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
     cfg.MODEL.ROI_MASK_HEAD.POINT_HEAD_ON = head == HEADS[1]
+    # Narrow heads: CPU bfloat16 matmuls are slow, and Implicit PointRend's parameter head (1024 x
+    # all generated parameters by default) would take most of a minute.
+    cfg.MODEL.ROI_MASK_HEAD.FC_DIM = 64
+    cfg.MODEL.POINT_HEAD.FC_DIM = 32
     torch.manual_seed(0)
     model = build_model(cfg)
     return model, "roi_heads.mask_head", point_sup_inputs((3, 2))
