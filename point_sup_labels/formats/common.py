@@ -282,16 +282,8 @@ def box_corners(box: tuple[float, float, float, float]) -> tuple[float, float, f
 def checked_size(value: Any) -> int | None:
     """An image width or height as read (int, integral float, or such text); None if it is not a
     positive integer."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return None
-    if isinstance(value, int | float) and math.isfinite(value) and value == int(value) and value > 0:
-        return int(value)
-    return None
+    size = number(value)
+    return int(size) if size is not None and size == int(size) and size > 0 else None
 
 
 def number(value: Any) -> float | None:
