@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 
 from .. import compat
+from ..config import is_condinst
 from . import fast_coco
 from .point_evaluator import PointSupEvaluator
 
@@ -99,6 +100,18 @@ def _coco_evaluator(
     )
 
 
+def model_tasks(cfg) -> tuple[str, ...] | None:
+    """``("bbox", "segm")`` where the configured model predicts masks (an ROI model with
+    ``MODEL.MASK_ON``, CondInst/BoxInst); otherwise None: COCOEvaluator infers the tasks from the
+    predictions, as it does by default.
+
+    Given to COCOEvaluator explicitly because, inferred from the predictions, a mask model that
+    detects nothing on the test set (early in training, a broken checkpoint) would be reported with
+    no segm row at all instead of with the NaN metrics of "no predictions".
+    """
+    return ("bbox", "segm") if cfg.MODEL.MASK_ON or is_condinst(cfg) else None
+
+
 def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) -> DatasetEvaluator:
     """Evaluators for ``dataset_name`` according to its metadata's ``evaluator_type``.
 
@@ -143,7 +156,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None) ->
             f"point_sup has no evaluator for dataset '{dataset_name}' of type '{evaluator_type}'"
         )
     if dataset_has_masks(dataset_name):
-        return _coco_evaluator(dataset_name, output_folder)
+        return _coco_evaluator(dataset_name, output_folder, tasks=model_tasks(cfg))
     evaluators: list[DatasetEvaluator] = [_coco_evaluator(dataset_name, output_folder, tasks=("bbox",))]
     if dataset_has_points(dataset_name):
         evaluators.append(PointSupEvaluator(dataset_name))

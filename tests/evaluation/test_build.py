@@ -154,6 +154,41 @@ def test_point_only_dataset_gets_point_evaluator(points_only_dataset, tmp_path):
     assert box_evaluator._tasks == ("bbox",)
 
 
+@pytest.mark.parametrize("implementation", ["faster", "pycocotools"])
+@pytest.mark.parametrize("meta_architecture", ["GeneralizedRCNN", "PointSupCondInst"])
+def test_mask_model_without_detections_reports_nan_mask_metrics(
+    monkeypatch, nuclei_val, tmp_path, implementation, meta_architecture
+):
+    """A mask model that detects nothing (here: empty Instances on every image) still gets a segm
+    row, of NaNs: inferred from its (empty) predictions, the tasks would be bbox only."""
+    if implementation == "faster" and not fast_coco.faster_coco_eval_available():
+        pytest.skip("faster_coco_eval is not installed")
+    monkeypatch.setenv(COCO_EVAL_ENV, implementation)
+    name, json_path = nuclei_val
+    cfg = _cfg(tmp_path)
+    cfg.MODEL.META_ARCHITECTURE = meta_architecture
+    cfg.MODEL.MASK_ON = meta_architecture == "GeneralizedRCNN"
+    evaluator = build_evaluator(cfg, name)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(json_path))
+    evaluator.reset()
+    for img_id in gt.getImgIds():
+        info = gt.loadImgs(img_id)[0]
+        empty = Instances((info["height"], info["width"]))
+        empty.pred_boxes = Boxes(torch.zeros(0, 4))
+        empty.scores = torch.zeros(0)
+        empty.pred_classes = torch.zeros(0, dtype=torch.int64)
+        empty.pred_masks = torch.zeros(0, info["height"], info["width"], dtype=torch.bool)
+        evaluator.process([{"image_id": img_id}], [{"instances": empty}])
+    results = evaluator.evaluate()
+    assert set(results) == {"bbox", "segm"}
+    assert np.isnan(results["segm"]["AP"]) and np.isnan(results["bbox"]["AP50"])
+
+    cfg.MODEL.MASK_ON = False
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    assert build_evaluator(cfg, name)._tasks is None  # a box model: inferred, as Detectron2 does
+
+
 # ----------------------------------------------------------------------------------------------
 # Which COCOeval: POINT_SUP_COCO_EVAL=auto|faster|pycocotools|detectron2
 
