@@ -1,17 +1,18 @@
 #!/usr/bin/env python
-"""Size and training-step time of Implicit PointRend's mask head: paper-faithful vs the light variant.
+"""Size and training-step time of Implicit PointRend's mask head: paper-faithful, light and small.
 
     python bench/bench_implicit_point_rend.py                       # COCO head, 64 proposals, CPU
     python bench/bench_implicit_point_rend.py --device cuda --proposals 512 --iters 20
 
-Both heads are the COCO R50-FPN ones (80 classes, 256-channel FPN p2..p5, ROI_MASK_HEAD FC_DIM 1024 x
+All heads are the COCO R50-FPN ones (80 classes, 256-channel FPN p2..p5, ROI_MASK_HEAD FC_DIM 1024 x
 2, POINT_HEAD 3 x 256, positional encoding and p2 features on); the light variant applies
 :data:`point_sup.modeling.implicit_point_rend.LIGHT_VARIANT_OVERRIDES` (parameter-head FC width 256,
-class-agnostic point head). One "step" is the mask head alone: parameter head + generated MLP on
-TRAIN_NUM_POINTS (196) uniformly sampled points per foreground proposal, labels from masks, both
-losses, backward, SGD step — in the same run for both, on random p2..p5 features of one
-800 x 1216 image. Reported: trainable parameters, the prediction layer's share, fp32 bytes of
-weights + gradients, median step time and its ratio.
+class-agnostic point head), the small one ``MODEL.IMPLICIT_POINTREND.PARAMS_RANK: 32`` (the
+prediction layer factorised through 32 coefficients per instance). One "step" is the mask head
+alone: parameter head + generated MLP on TRAIN_NUM_POINTS (196) uniformly sampled points per
+foreground proposal, labels from masks, both losses, backward, SGD step — in the same run for all,
+on random p2..p5 features of one 800 x 1216 image. Reported: trainable parameters, the prediction
+layer's share, fp32 bytes of weights + gradients, median step time and its ratios to the paper's.
 """
 
 from __future__ import annotations
@@ -38,13 +39,21 @@ IMAGE = (800, 1216)
 STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
 
 
-def build(light: bool, device: str) -> PointSupImplicitPointRendMaskHead:
+# variant -> config overrides on the paper-faithful COCO head
+VARIANTS = {
+    "paper": [],
+    "light": LIGHT_VARIANT_OVERRIDES,
+    # configs/COCO/implicit_point_rend_R_50_FPN_3x_P10_point_aug_small.yaml's only change
+    "small": ["MODEL.IMPLICIT_POINTREND.PARAMS_RANK", 32],
+}
+
+
+def build(variant: str, device: str) -> PointSupImplicitPointRendMaskHead:
     cfg = add_point_sup_config(get_cfg())
     cfg.MODEL.ROI_MASK_HEAD.NAME = "PointSupImplicitPointRendMaskHead"
     cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
     cfg.MODEL.POINT_HEAD.SUBDIVISION_STEPS = 3
-    if light:
-        cfg.merge_from_list(LIGHT_VARIANT_OVERRIDES)
+    cfg.merge_from_list(list(VARIANTS[variant]))
     shapes = {k: ShapeSpec(channels=256, stride=s) for k, s in STRIDES.items()}
     return PointSupImplicitPointRendMaskHead(cfg, shapes).to(device).train()
 
@@ -94,9 +103,9 @@ def main() -> None:
     args = parser.parse_args()
     features, instances = batch(args.proposals, args.device)
     results = {}
-    for name, light in (("paper", False), ("light", True)):
+    for name in VARIANTS:
         torch.manual_seed(0)
-        head = build(light, args.device)
+        head = build(name, args.device)
         counts = count_parameters(head)
         times = time_steps(head, features, instances, args.iters, args.device)
         results[name] = statistics.median(times)
@@ -108,7 +117,8 @@ def main() -> None:
             f"  step {results[name] * 1e3:8.1f} ms (median of {len(times)})"
         )
         del head
-    print(f"light/paper step time ratio: {results['light'] / results['paper']:.3f}")
+    for name in ("light", "small"):
+        print(f"{name}/paper step time ratio: {results[name] / results['paper']:.3f}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ head and its supervision changed:
 * ``mask_rcnn (P10)``: ``PointSupMaskRCNNConvUpsampleHead`` trained from 10 points per object;
 * ``point_rend (P10)``: ``PointSupPointRendMaskHead`` trained from points;
 * ``implicit_point_rend (P10)``: ``PointSupImplicitPointRendMaskHead`` (paper-faithful parameter
-  head) and ``implicit_point_rend light (P10)`` (point_sup's lighter option).
+  head), ``implicit_point_rend light (P10)`` (point_sup's lighter option) and ``implicit_point_rend
+  small (P10)`` (``MODEL.IMPLICIT_POINTREND.PARAMS_RANK: 32``, the small config's head).
 
 Each variant runs in its own process (so that peak memory is its own: max RSS on CPU,
 ``torch.cuda.max_memory_allocated`` on GPU) on the same real nuclei batches, after warm-up steps.
@@ -42,6 +43,11 @@ VARIANTS: dict[str, tuple[str, bool, list]] = {
     "point_rend (P10)": ("PointSupPointRendMaskHead", True, _RENDER),
     "implicit_point_rend (P10)": ("PointSupImplicitPointRendMaskHead", True, _IMPLICIT),
     "implicit_point_rend light (P10)": ("PointSupImplicitPointRendMaskHead", True, [*_IMPLICIT, "LIGHT"]),
+    "implicit_point_rend small (P10)": (
+        "PointSupImplicitPointRendMaskHead",
+        True,
+        [*_IMPLICIT, "MODEL.IMPLICIT_POINTREND.PARAMS_RANK", 32],
+    ),
 }
 
 

@@ -27,6 +27,10 @@ Studies (``--study``, any combination; each row is trained once per seed):
     10 % of the nuclei with their mask and the rest P10 (``nuclei_train_p10_m10``), and P10 with half
     of the nuclei box only (``nuclei_train_p10_b50``); the objects are selected per seed by the
     simulator's rule (``tools/prepare_point_annotations.py --keep-masks-fraction/--box-only-fraction``).
+``small_implicit``
+    Issue 16 (ours): the small Implicit PointRend (``MODEL.IMPLICIT_POINTREND.PARAMS_RANK: 32``,
+    ``implicit_point_rend_R_18_FPN_P10_small.yaml``) next to the paper-faithful head, each with the
+    reference and the shared initialisation.
 ``mask_labels``
     ``MODEL.POINT_LOSS.MASK_POINT_LABELS``: PointRend and Implicit PointRend trained from masks with
     Detectron2's bilinear point labels (default) and with point_sup's ``pixel`` labels.
@@ -103,6 +107,13 @@ ROWS: dict[str, Row] = {
     "Implicit P10, shared init": Row(
         f"{NUCLEI}/implicit_point_rend_R_18_FPN_P10.yaml", 36.9, "Table 5 Implicit P10", tuple(SHARED_INIT)
     ),
+    # Issue 16 (ours): the parameter head's prediction layer factorised (PARAMS_RANK 32).
+    "Implicit P10, small": Row(
+        f"{NUCLEI}/implicit_point_rend_R_18_FPN_P10_small.yaml", None, "ours, small Implicit"
+    ),
+    "Implicit P10 small, shared init": Row(
+        f"{NUCLEI}/implicit_point_rend_R_18_FPN_P10_small.yaml", None, "ours, small Implicit", tuple(SHARED_INIT)
+    ),
     **{
         f"Mask R-CNN P{n}": Row(
             f"{NUCLEI}/mask_rcnn_R_18_FPN_P10.yaml",
@@ -168,6 +179,13 @@ STUDIES: dict[str, list[str]] = {
     ],
     "condinst": [M, "Mask R-CNN P10", "CondInst M", "CondInst P10", "BoxInst B"],
     "mixed": [M, "Mask R-CNN P10", "Mask R-CNN 10% M + P10", "Mask R-CNN P10 + B50%"],
+    "small_implicit": [
+        M,
+        "Implicit PointRend P10",
+        "Implicit P10, small",
+        "Implicit P10, shared init",
+        "Implicit P10 small, shared init",
+    ],
     "mask_labels": [
         M,
         "PointRend M",

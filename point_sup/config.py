@@ -93,6 +93,11 @@ def add_point_sup_config(cfg: CN) -> CN:
             its bias holds one randomly initialised point-head MLP (He-normal weights, zero biases),
             so every instance starts from a well-scaled MLP that the head then modulates (see
             point_sup.modeling.implicit_point_head.DynamicPointHead.initial_params).
+        PARAMS_RANK: 0 (default, the paper's): the parameter head ends in one FC_DIM x num_params
+            layer (290 M weights for COCO). r > 0: that layer is factorised through r coefficients
+            per instance, params = bias + basis (A h) with a learned (num_params x r) basis shared by
+            all instances, A an FC_DIM x r layer (point_sup's small Implicit PointRend, r = 32:
+            see point_sup.modeling.implicit_point_rend).
     """
     _set_default(cfg.INPUT, "POINT_SUP", False)
     _set_default(cfg.INPUT, "SAMPLE_POINTS", 0)
@@ -138,6 +143,7 @@ def add_point_sup_config(cfg: CN) -> CN:
     _set_default(implicit, "POS_ENC_ENABLED", True)
     _set_default(implicit, "PARAMS_L2_REGULARIZER", 1e-5)
     _set_default(implicit, "PARAMS_INIT", "reference")
+    _set_default(implicit, "PARAMS_RANK", 0)
     _add_condinst_config(cfg)
     return cfg
 

@@ -459,6 +459,21 @@ COUNTERPARTS.update(
     }
 )
 
+# The small Implicit PointRend (issue 16, not in the paper): the P10 recipe with a factorised
+# prediction layer of the parameter head.
+COUNTERPARTS["COCO/implicit_point_rend_R_50_FPN_3x_P10_point_aug_small.yaml"] = Counterpart(
+    BASE,
+    [IMPLICIT_BASE, IMPLICIT_R50_3X, POINT_SUP_IMPLICIT],
+    {
+        **IMPLICIT_HEAD,
+        **COCO_P10,
+        "MODEL.IMPLICIT_POINTREND.PARAMS_RANK": (
+            32,
+            "small Implicit PointRend: 12.9x fewer mask-head weights",
+        ),
+    },
+)
+
 for _target, _init in (("M_from_coco_M", "M"), ("M_from_coco_P10", "P10"), ("P10_from_coco_M", "M")):
     _base = COUNTERPARTS[f"VOC/mask_rcnn_R_50_FPN_{_target.split('_')[0]}.yaml"]
     COUNTERPARTS[f"VOC/mask_rcnn_R_50_FPN_{_target}.yaml"] = Counterpart(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from point_sup.modeling.point_loss import mask_labels_at_points
 point_rend = pytest.importorskip("detectron2.projects.point_rend")
 reference_mask_head = pytest.importorskip("detectron2.projects.point_rend.mask_head")
 
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = (96, 128)  # (H, W)
 STRIDES = {"p2": 4, "p3": 8}
 
@@ -499,12 +501,15 @@ def test_config_validation():
 
 
 # ------------------------------------------------------------------------------ parameter counts
-def coco_head(light: bool) -> PointSupImplicitPointRendMaskHead:
-    """The COCO R50-FPN head (80 classes, 256-channel FPN) built on the meta device: no memory."""
+def coco_head(light: bool, config: str | None = None) -> PointSupImplicitPointRendMaskHead:
+    """The COCO R50-FPN head (80 classes, 256-channel FPN) built on the meta device: no memory;
+    from the shipped ``config`` where given."""
     cfg = add_point_sup_config(get_cfg())
     cfg.MODEL.ROI_MASK_HEAD.NAME = "PointSupImplicitPointRendMaskHead"
     cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
     cfg.MODEL.POINT_HEAD.SUBDIVISION_STEPS = 3
+    if config is not None:
+        cfg.merge_from_file(str(ROOT / "configs" / config))
     if light:
         cfg.merge_from_list(LIGHT_VARIANT_OVERRIDES)
     shapes = {k: ShapeSpec(channels=256, stride=s) for k, s in (("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32))}
@@ -536,6 +541,73 @@ def test_parameter_counts_paper_and_light_variants():
     assert light == expected_counts(fc_dim=256, num_outputs=1)
     assert light["total"] == 71_174_145
     assert light["total"] * 4 < paper["total"]
+
+
+def test_parameter_counts_small_variant_at_least_10x_fewer():
+    """The shipped small config (issue 16): the paper-faithful head with its prediction layer
+    factorised through 32 coefficients: FC_DIM x 32 + 32 bias, then a 32 x num_params basis + bias."""
+    paper = count_parameters(coco_head(False, "COCO/implicit_point_rend_R_50_FPN_3x_P10_point_aug.yaml"))
+    small = count_parameters(
+        coco_head(False, "COCO/implicit_point_rend_R_50_FPN_3x_P10_point_aug_small.yaml")
+    )
+    assert paper == expected_counts(fc_dim=1024, num_outputs=80)
+    generated = paper["generated_per_instance"]
+    prediction = (1024 * 32 + 32) + (32 * generated + generated)
+    assert small == {
+        **paper,
+        "param_head_prediction": prediction,
+        "total": paper["param_head_hidden"] + prediction,
+    }
+    assert small["total"] == 23_545_456 and small["total"] * 10 <= paper["total"]
+
+
+def test_low_rank_params_are_a_shared_basis_of_per_instance_coefficients():
+    """PARAMS_RANK r: params = basis_bias + basis (A h + a), h the parameter head's last hidden
+    features; at init distributed like the full layer's outputs; shared init in the basis bias."""
+    key = "MODEL.IMPLICIT_POINTREND."
+    torch.manual_seed(0)
+    head = PointSupImplicitPointRendMaskHead(head_cfg(**{key + "PARAMS_RANK": 4}), input_shapes()).train()
+    assert head.param_head.prediction.out_features == 4
+    assert head.param_basis.weight.shape == (head.point_head.num_params, 4)
+    features = random_features(2)
+    proposals = proposals_with_masks([2, 3], num_classes=5)
+    boxes = [p.proposal_boxes for p in proposals]
+    hidden = {}
+    handle = head.param_head.prediction.register_forward_hook(lambda m, i, o: hidden.update(h=i[0]))
+    params = head.predict_params(features, boxes)
+    handle.remove()
+    A, a = head.param_head.prediction.weight, head.param_head.prediction.bias
+    B, b = head.param_basis.weight, head.param_basis.bias
+    coefficients = hidden["h"] @ A.T + a
+    torch.testing.assert_close(params, coefficients @ B.T + b)
+    assert params.shape == (5, head.point_head.num_params)
+
+    # The generated parameters start with the spread of the full layer's (same hidden features).
+    torch.manual_seed(0)
+    full = PointSupImplicitPointRendMaskHead(head_cfg(), input_shapes()).train()
+    full_params = full.predict_params(features, boxes)
+    assert 0.5 < float(params.std() / full_params.std()) < 2.0
+
+    # Every factor learns from the point loss (the coefficients through the basis).
+    with EventStorage():
+        head(features, proposals)["loss_mask_point"].backward()
+    assert float(A.grad.norm()) > 0 and float(B.grad.norm()) > 0 and float(b.grad.norm()) > 0
+
+    torch.manual_seed(0)
+    shared = PointSupImplicitPointRendMaskHead(
+        head_cfg(**{key + "PARAMS_RANK": 4, key + "PARAMS_INIT": "shared"}), input_shapes()
+    )
+    assert (shared.param_head.prediction.bias == 0).all()
+    point_head = shared.point_head
+    weights, biases = point_head.split_params(shared.param_basis.bias.detach()[None])
+    for k, (w, (_, fan_in)) in enumerate(zip(weights, point_head.layer_shapes, strict=True)):
+        expected = math.sqrt((2.0 if k < len(weights) - 1 else 1.0) / fan_in)  # initial_params' rule
+        assert abs(float(w.std()) / expected - 1.0) < 0.2, k
+    assert all((b == 0).all() for b in biases)
+    with pytest.raises(ValueError, match="PARAMS_RANK"):
+        PointSupImplicitPointRendMaskHead(head_cfg(**{key + "PARAMS_RANK": -1}), input_shapes())
+    with pytest.raises(ValueError, match="param_basis"):
+        convert_to_detectron2_implicit_pointrend(head.state_dict())
 
 
 # ----------------------------------------------------------------------- inside a tiny Mask R-CNN
