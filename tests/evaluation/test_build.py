@@ -157,7 +157,7 @@ def test_point_only_dataset_gets_point_evaluator(points_only_dataset, tmp_path):
 @pytest.mark.parametrize("implementation", ["faster", "pycocotools"])
 @pytest.mark.parametrize("meta_architecture", ["GeneralizedRCNN", "PointSupCondInst"])
 def test_mask_model_without_detections_reports_nan_mask_metrics(
-    monkeypatch, nuclei_val, tmp_path, implementation, meta_architecture
+    monkeypatch, nuclei_val, tmp_path, implementation, meta_architecture, no_detections
 ):
     """A mask model that detects nothing (here: empty Instances on every image) still gets a segm
     row, of NaNs: inferred from its (empty) predictions, the tasks would be bbox only."""
@@ -174,11 +174,7 @@ def test_mask_model_without_detections_reports_nan_mask_metrics(
     evaluator.reset()
     for img_id in gt.getImgIds():
         info = gt.loadImgs(img_id)[0]
-        empty = Instances((info["height"], info["width"]))
-        empty.pred_boxes = Boxes(torch.zeros(0, 4))
-        empty.scores = torch.zeros(0)
-        empty.pred_classes = torch.zeros(0, dtype=torch.int64)
-        empty.pred_masks = torch.zeros(0, info["height"], info["width"], dtype=torch.bool)
+        empty = no_detections(info["height"], info["width"])
         evaluator.process([{"image_id": img_id}], [{"instances": empty}])
     results = evaluator.evaluate()
     assert set(results) == {"bbox", "segm"}

@@ -267,13 +267,9 @@ def test_evaluator_results_equal_detectron2s(synthetic, synthetic_dataset, tmp_p
         assert_same_results(expected, faster.evaluate(**kwargs))
 
 
-def test_no_detections_gives_detectron2s_nan(synthetic_dataset, tmp_path):
+def test_no_detections_gives_detectron2s_nan(synthetic_dataset, tmp_path, no_detections):
     image = DatasetCatalog.get(synthetic_dataset)[0]
-    empty = Instances((image["height"], image["width"]))
-    empty.pred_boxes = Boxes(torch.zeros(0, 4))
-    empty.scores = torch.zeros(0)
-    empty.pred_classes = torch.zeros(0, dtype=torch.int64)
-    empty.pred_masks = torch.zeros(0, image["height"], image["width"], dtype=torch.bool)
+    empty = no_detections(image["height"], image["width"])
     args = ([{"image_id": image["image_id"]}], [{"instances": empty}])
     expected = _evaluate(COCOEvaluator(synthetic_dataset, tasks=("bbox", "segm"), use_fast_impl=False), *args)
     actual = _evaluate(FasterCOCOEvaluator(synthetic_dataset, tasks=("bbox", "segm")), *args)
