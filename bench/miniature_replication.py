@@ -112,7 +112,10 @@ ROWS: dict[str, Row] = {
         f"{NUCLEI}/implicit_point_rend_R_18_FPN_P10_small.yaml", None, "ours, small Implicit"
     ),
     "Implicit P10 small, shared init": Row(
-        f"{NUCLEI}/implicit_point_rend_R_18_FPN_P10_small.yaml", None, "ours, small Implicit", tuple(SHARED_INIT)
+        f"{NUCLEI}/implicit_point_rend_R_18_FPN_P10_small.yaml",
+        None,
+        "ours, small Implicit",
+        tuple(SHARED_INIT),
     ),
     **{
         f"Mask R-CNN P{n}": Row(

@@ -13,6 +13,8 @@ Each benchmark prints ratios against a baseline measured in the same run (see it
   Mask R-CNN P10
 * bench_mixed_train_step.py   - whole-model train step of a mixed-supervision batch vs the slower of
   the pure-mask and pure-point steps, every mask head
+* bench_inference.py          - whole-model inference (images/s, mask-branch time, peak memory) at 100
+  detections per image, every mask head; point-loss head vs standard, Implicit PointRend vs PointRend
 * bench_evaluation.py         - COCO box/mask AP with faster-coco-eval's COCOeval vs pycocotools'
   (5,000 images x 100 detections), and the whole evaluator call
 
@@ -40,6 +42,11 @@ def benchmarks(device: str, quick: bool) -> list[list[str]]:
         ["bench_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
         ["bench_condinst_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
         ["bench_mixed_train_step.py", *gpu, *(["--steps", "2", "--warmup", "1"] if quick else [])],
+        [
+            "bench_inference.py",
+            *gpu,
+            *(["--iters", "1", "--warmup", "1", "--size", "256", "384"] if quick else []),
+        ],
         ["bench_evaluation.py", *(["--images", "200", "--dets", "20"] if quick else [])],
     ]
 

@@ -11,6 +11,7 @@ optionally, the p2 features sampled there (``IMAGE_FEATURE_ENABLED``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,28 @@ class DynamicPointHead(nn.Module):
         biases = [b.reshape(R, o, 1) for b, (o, _) in zip(chunks[n:], self.layer_shapes, strict=True)]
         return weights, biases
 
+    def select_params(
+        self, params: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`split_params`, then, with ``classes``, only each instance's output row.
+
+        Args:
+            params: (R, num_params) generated parameters.
+            classes: optional (R,) int64 (ignored by a class-agnostic head).
+
+        Returns:
+            weights: per layer (R, out, in); biases: per layer (R, out, 1); the output layer's
+            ``out`` is 1 with ``classes``. Views of ``params`` except that selected output layer, so
+            instances can be sliced from them (``w[rows]``) at no cost: inference selects once and
+            evaluates chunks of instances with :meth:`evaluate`.
+        """
+        weights, biases = self.split_params(params)
+        if classes is not None and self.num_outputs > 1:
+            rows = torch.arange(params.shape[0], device=params.device)
+            weights[-1] = weights[-1][rows, classes].unsqueeze(1)
+            biases[-1] = biases[-1][rows, classes].unsqueeze(1)
+        return weights, biases
+
     def forward(
         self,
         fine_grained_features: torch.Tensor | None,
@@ -139,6 +162,24 @@ class DynamicPointHead(nn.Module):
         Returns:
             (R, K, P) logits, or (R, 1, P) when ``classes`` is given.
         """
+        return self.evaluate(fine_grained_features, point_coords, *self.select_params(params, classes))
+
+    def evaluate(
+        self,
+        fine_grained_features: torch.Tensor | None,
+        point_coords: torch.Tensor,
+        weights: Sequence[torch.Tensor],
+        biases: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """Point logits of the MLPs given by ``weights`` / ``biases`` (from :meth:`select_params`).
+
+        Args:
+            fine_grained_features, point_coords: as for :meth:`forward`, for R instances.
+            weights, biases: per layer (R, out, in) and (R, out, 1).
+
+        Returns:
+            (R, out, P) logits, ``out`` of the last layer (K, or 1 after class selection).
+        """
         inputs = []
         if self.pos_enc_enabled:
             inputs.append(fourier_position_encoding(point_coords, self.pos_enc_gaussian))
@@ -146,14 +187,10 @@ class DynamicPointHead(nn.Module):
             assert fine_grained_features is not None
             inputs.append(fine_grained_features)
         x = torch.cat(inputs, dim=1) if len(inputs) > 1 else inputs[0]
-        weights, biases = self.split_params(params)
-        if classes is not None and self.num_outputs > 1:
-            rows = torch.arange(params.shape[0], device=params.device)
-            weights[-1] = weights[-1][rows, classes].unsqueeze(1)
-            biases[-1] = biases[-1][rows, classes].unsqueeze(1)
         for k, (w, b) in enumerate(zip(weights, biases, strict=True)):
             # (R, out, in) @ (R, in, P) + (R, out, 1): one small MLP per instance in a single bmm.
             x = torch.baddbmm(b, w, x)
             if k < len(weights) - 1:
-                x = F.relu(x)
+                # In place: no second (R, out, P) tensor (baddbmm's backward needs its inputs only).
+                x = F.relu(x, inplace=True)
         return x

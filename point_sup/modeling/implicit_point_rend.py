@@ -57,12 +57,14 @@ features h (FC_DIM), with A (r x FC_DIM) the parameter head's ``prediction`` lay
 the per-instance coefficients) and ``param_basis`` = (B, b), B (num_params x r) a basis of
 point-head MLPs shared by all instances and b their common offset. Everything downstream (the
 generated MLP, its inputs, the L2 on the generated parameters, subdivision) is unchanged. Its
-initialisation keeps the generated parameters' initial distribution (A as the full layer,
-N(0, 0.001²); B with unit-variance columns, std 1/sqrt(r)); ``PARAMS_INIT: shared`` puts the
-shared MLP in b. With r = 32 (``configs/COCO/implicit_point_rend_R_50_FPN_3x_P10_point_aug_small.yaml``)
-the COCO head has 23,545,456 trainable parameters, 12.9x fewer than the paper-faithful 304,716,880,
-and the prediction costs FC_DIM·r + r·num_params instead of FC_DIM·num_params multiply-adds per
-instance (32x fewer).
+initialisation keeps the generated parameters' initial distribution and the size of a gradient
+step on them: B with columns of about unit norm (std 1/sqrt(num_params)), A with std
+0.001·sqrt(num_params / r) (the full layer's 0.001, scaled up accordingly), a and b zero;
+``PARAMS_INIT: shared`` puts the shared MLP in b. With r = 32
+(``configs/COCO/implicit_point_rend_R_50_FPN_3x_P10_point_aug_small.yaml``) the COCO head has
+23,545,456 trainable parameters, 12.9x fewer than the paper-faithful 304,716,880, and the
+prediction costs FC_DIM·r + r·num_params instead of FC_DIM·num_params multiply-adds per instance
+(32x fewer).
 
 Config: ROI_MASK_HEAD.{IN_FEATURES, POOLER_RESOLUTION, CONV_DIM, FC_DIM, NUM_FC}, POINT_HEAD.{NAME,
 NUM_CLASSES, IN_FEATURES, FC_DIM, NUM_FC, CLS_AGNOSTIC_MASK, TRAIN_NUM_POINTS, SUBDIVISION_STEPS,
@@ -106,9 +108,9 @@ from ..config import (
 from .conv_fc_head import ConvFCHead
 from .implicit_point_head import DynamicPointHead
 from .mixed_loss import combine_kind_losses, drop_box_only, split_by_supervision
-from .point_features import roi_grid_features, sample_named_features
+from .point_features import features_for_point_sampling, roi_grid_features, sample_named_features
 from .point_loss import cat_gt_classes, get_mask_point_labels, get_point_targets, point_bce_loss
-from .subdivision import adaptive_subdivision
+from .subdivision import adaptive_subdivision, chunked_point_logits
 
 __all__ = [
     "LIGHT_VARIANT_OVERRIDES",
@@ -247,12 +249,16 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         self.param_basis: nn.Linear | None = None
         if params_rank:
             self.param_basis = nn.Linear(params_rank, num_params)
-            # The coefficients start as the full layer's outputs do (N(0, 0.001²) weights, zero
-            # bias); unit-variance-preserving basis columns give the generated parameters the
-            # full layer's initial distribution, while the coefficients' gradient (through the
-            # basis) is not scaled down by it.
-            nn.init.normal_(self.param_basis.weight, std=1.0 / math.sqrt(params_rank))
+            # Basis columns of about unit norm (B^T B ≈ I): a gradient step on the coefficient
+            # layer then moves the generated parameters by the projection of what it would move
+            # them with the full layer, not by num_params / r times more (unit-variance columns
+            # made training unstable on the miniature). The coefficient weights are scaled up by
+            # sqrt(num_params / r) instead, so that the generated parameters start with the full
+            # layer's distribution (N(0, 0.001²) weights there).
+            nn.init.normal_(self.param_basis.weight, std=1.0 / math.sqrt(num_params))
             nn.init.zeros_(self.param_basis.bias)
+            coefficient_std = 0.001 * math.sqrt(num_params / params_rank)
+            nn.init.normal_(self.param_head.prediction.weight, std=coefficient_std)
             generator = self.param_basis
         if params_init == "shared":  # drawn last: every other initial weight is as with "reference"
             with torch.no_grad():
@@ -454,9 +460,30 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         Returns:
             (R, 1, M, M) logits of each instance's class, M = :attr:`output_resolution`, cell
             ``(row, col)`` centred at box-relative ``((col + 0.5) / M, (row + 0.5) / M)``.
+
+        The logits are :meth:`point_logits`' (bit for bit on the inputs tested): the generated
+        parameters are split and class-selected once, not at every step, and on CPU the point head
+        runs chunk by chunk (:func:`~point_sup.modeling.subdivision.chunked_point_logits`) on
+        features sampled from a channels-last copy of the maps
+        (:func:`~point_sup.modeling.point_features.features_for_point_sampling`).
         """
+        weights, biases = self.point_head.select_params(params, classes)
+        point_maps = None
+        if self.point_head.image_feature_enabled:
+            point_maps = features_for_point_sampling(features, self.point_in_features)
+
+        def chunk_logits(chunk_boxes: list[Boxes], rows: slice, point_coords: torch.Tensor) -> torch.Tensor:
+            fine_grained = None
+            if point_maps is not None:
+                fine_grained = sample_named_features(
+                    point_maps, self.point_in_features, self.feature_scales, chunk_boxes, point_coords
+                )
+            return self.point_head.evaluate(
+                fine_grained, point_coords, [w[rows] for w in weights], [b[rows] for b in biases]
+            )
+
         return adaptive_subdivision(
-            lambda point_coords: self.point_logits(features, boxes, point_coords, params, classes),
+            lambda point_coords: chunked_point_logits(chunk_logits, boxes, point_coords),
             params.shape[0],
             self.init_resolution,
             self.subdivision_steps,

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes
 
 __all__ = [
+    "box_chunks",
     "calculate_uncertainty",
+    "features_for_point_sampling",
     "generate_regular_grid_point_coords",
     "get_point_coords_wrt_box",
     "get_point_coords_wrt_image",
@@ -134,12 +136,66 @@ def point_sample_fine_grained_features(
             normalized = coords * scale / size
             sampled = point_sample(features[idx : idx + 1], normalized.reshape(1, -1, 2))
             per_level.append(sampled.squeeze(0).view(features.shape[1], coords.shape[0], coords.shape[1]))
-        features_per_image.append(torch.cat(per_level, dim=0).transpose(0, 1))
+        # One level (p2, the default) needs no concatenation: the transposed view is copied once below.
+        level_cat = per_level[0] if len(per_level) == 1 else torch.cat(per_level, dim=0)
+        features_per_image.append(level_cat.transpose(0, 1))
     if not features_per_image:
         channels = sum(f.shape[1] for f in features_list)
         empty = point_coords.new_zeros((0, channels, point_coords.shape[1]))
         return empty, point_coords_wrt_image
     return torch.cat(features_per_image, dim=0), point_coords_wrt_image
+
+
+def features_for_point_sampling(
+    features: Mapping[str, torch.Tensor], names: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """The maps ``names`` of ``features``, prepared for many :func:`point_sample` calls.
+
+    On CPU each is copied once to channels-last memory: ``grid_sample`` then reads a point's four
+    neighbours as contiguous channel vectors instead of C strided scalars each, the same values in
+    about a quarter of the time for p2 at box-local points (measured; worth the one copy per
+    inference call when the subdivision samples the map some 100 times). Elsewhere the maps are
+    returned as they are.
+
+    Args:
+        features: image-level maps by name, each (N, C, H, W).
+        names: the maps to keep.
+
+    Returns:
+        ``{name: (N, C, H, W)}``, the same values.
+    """
+    return {
+        n: features[n].contiguous(memory_format=torch.channels_last)
+        if features[n].device.type == "cpu"
+        else features[n]
+        for n in names
+    }
+
+
+def box_chunks(boxes: Sequence[Boxes], max_boxes: int | None) -> list[tuple[list[Boxes], slice]]:
+    """Cut the R boxes of N images into chunks of at most ``max_boxes`` boxes of one image each.
+
+    Args:
+        boxes: N :class:`Boxes` (image coordinates), R in total.
+        max_boxes: the largest chunk; None: one chunk of all R boxes (``boxes`` itself).
+
+    Returns:
+        Per chunk, in the images' order: the N-list of :class:`Boxes` that holds the chunk's boxes
+        in its own image and no box elsewhere (what :func:`sample_named_features` takes), and the
+        chunk's rows in the concatenation of all images' boxes (a slice of 0..R).
+    """
+    total = sum(len(b) for b in boxes)
+    if max_boxes is None or total <= max_boxes:
+        return [(list(boxes), slice(0, total))]
+    chunks = []
+    start = 0
+    for index, image_boxes in enumerate(boxes):
+        for first in range(0, len(image_boxes), max_boxes):
+            chunk = image_boxes[first : first + max_boxes]
+            per_image = [chunk if k == index else b[0:0] for k, b in enumerate(boxes)]
+            chunks.append((per_image, slice(start + first, start + first + len(chunk))))
+        start += len(image_boxes)
+    return chunks
 
 
 def sample_named_features(

@@ -58,6 +58,7 @@ from .conv_fc_head import ConvFCHead
 from .mixed_loss import combine_kind_losses, drop_box_only, split_by_supervision
 from .point_features import (
     calculate_uncertainty,
+    features_for_point_sampling,
     get_uncertain_point_coords_with_randomness,
     point_sample,
     roi_grid_features,
@@ -71,7 +72,7 @@ from .point_loss import (
     roi_grid_point_loss,
     select_class_logits,
 )
-from .subdivision import adaptive_subdivision, skip_full_steps
+from .subdivision import adaptive_subdivision, chunked_point_logits, skip_full_steps
 
 __all__ = ["PointSupPointHead", "PointSupPointRendMaskHead"]
 
@@ -127,21 +128,34 @@ class PointSupPointHead(nn.Module):
             "coarse_pred_each_layer": head.COARSE_PRED_EACH_LAYER,
         }
 
-    def forward(self, fine_features: torch.Tensor, coarse_features: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        fine_features: torch.Tensor,
+        coarse_features: torch.Tensor,
+        classes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """
         Args:
             fine_features: (R, fine_channels, P).
             coarse_features: (R, coarse_channels, P) coarse logits at the same points.
+            classes: optional (R,) int64; if given (and the head is class-specific) only the
+                predictor row of each instance's class is evaluated (inference: the same logits as
+                selecting that row from all K, up to float rounding, K times cheaper).
 
         Returns:
-            (R, num_classes, P) point logits.
+            (R, num_classes, P) point logits, or (R, 1, P) when ``classes`` is given.
         """
         x = torch.cat([fine_features, coarse_features], dim=1)
         for fc in self.fcs:
             x = F.relu(fc(x))
             if self.coarse_pred_each_layer:
                 x = torch.cat([x, coarse_features], dim=1)
-        return self.predictor(x)
+        if classes is None or self.predictor.out_channels == 1:
+            return self.predictor(x)
+        # (R, 1, in) @ (R, in, P) + (R, 1, 1): each instance's own row of the 1x1 conv.
+        weight = self.predictor.weight[classes, :, 0].unsqueeze(1)
+        bias = self.predictor.bias[classes].view(-1, 1, 1)
+        return torch.baddbmm(bias, weight, x)
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -404,20 +418,32 @@ class PointSupPointRendMaskHead(nn.Module):
     ) -> list[Instances]:
         """``pred_masks`` by adaptive subdivision of the point head's predicted-class logits.
 
+        The point head is evaluated chunk by chunk on CPU (:func:`chunked_point_logits`) and only
+        for each detection's predicted class (the predictor's other K - 1 rows are never computed);
+        the logits are those of :meth:`_point_logits` followed by the class selection, up to float
+        rounding.
+
         Args:
             features: image-level maps by name; coarse: (R, K, S, S) coarse logits of the
                 detections; instances: detections with ``pred_boxes`` and ``pred_classes``.
         """
+        assert self.point_head is not None
         boxes = [inst.pred_boxes for inst in instances]
         pred_classes = torch.cat([inst.pred_classes for inst in instances]).to(torch.int64)
+        # p2 is sampled for every chunk at every step: one copy into the layout grid_sample reads
+        # fastest pays for itself (same values).
+        point_maps = features_for_point_sampling(features, self.point_in_features)
 
-        def predicted_class_logits(point_coords: torch.Tensor) -> torch.Tensor:
-            return select_class_logits(
-                self._point_logits(features, boxes, point_coords, coarse), pred_classes
+        def chunk_logits(chunk_boxes: list[Boxes], rows: slice, point_coords: torch.Tensor) -> torch.Tensor:
+            # _point_logits for the chunk's boxes, with only the predicted class's predictor row.
+            fine = sample_named_features(
+                point_maps, self.point_in_features, self.feature_scales, chunk_boxes, point_coords
             )
+            coarse_at_points = point_sample(coarse[rows], point_coords)
+            return self.point_head(fine, coarse_at_points, pred_classes[rows])
 
         mask_logits = adaptive_subdivision(
-            predicted_class_logits,
+            lambda point_coords: chunked_point_logits(chunk_logits, boxes, point_coords),
             coarse.shape[0],
             self.subdivision_init_side,
             self.subdivision_steps,

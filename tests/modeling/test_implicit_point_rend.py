@@ -371,6 +371,61 @@ def test_dynamic_point_head_matches_explicit_mlp():
     torch.testing.assert_close(out[1], x.T, atol=1e-5, rtol=1e-5)
 
 
+def test_selected_params_are_views_and_evaluate_equals_forward():
+    """Inference splits and class-selects the generated parameters once (views of them, sliced per
+    chunk of instances) and evaluates the MLPs from those: the same numbers as forward."""
+    ph = DynamicPointHead(
+        feature_channels=6,
+        fc_dim=8,
+        num_fc=3,
+        num_outputs=4,
+        image_feature_enabled=True,
+        pos_enc_enabled=True,
+    )
+    g = torch.Generator().manual_seed(0)
+    params = torch.randn(5, ph.num_params, generator=g)
+    feats = torch.randn(5, 6, 9, generator=g)
+    coords = torch.rand(5, 9, 2, generator=g)
+    classes = torch.tensor([3, 0, 1, 1, 2])
+    weights, biases = ph.select_params(params, classes)
+    assert [tuple(w.shape) for w in weights] == [(5, 8, 262), (5, 8, 8), (5, 8, 8), (5, 1, 8)]
+    for w in weights[:-1] + biases[:-1]:  # hidden layers: no copy of the (R, num_params) tensor
+        assert w.untyped_storage().data_ptr() == params.untyped_storage().data_ptr()
+    expected = ph(feats, coords, params, classes)
+    assert torch.equal(ph.evaluate(feats, coords, weights, biases), expected)
+    rows = slice(1, 4)
+    chunk = ph.evaluate(feats[rows], coords[rows], [w[rows] for w in weights], [b[rows] for b in biases])
+    assert torch.equal(chunk, expected[rows])
+
+
+@pytest.mark.parametrize("variant", ["paper", "cls_agnostic", "no_image_features"])
+def test_subdivision_inference_equals_the_straightforward_loop(variant, monkeypatch):
+    """subdivision_inference (parameters selected once, chunks of boxes on CPU, channels-last
+    sampling) gives bit for bit the subdivision that calls point_logits on all boxes at each step."""
+    _, head = build_pair(head_cfg(**VARIANTS[variant]))
+    head.eval()
+    features = random_features(2)
+    dets = detections([4, 3], num_classes=5)
+    boxes = [d.pred_boxes for d in dets]
+    classes = torch.cat([d.pred_classes for d in dets])
+    # 28² points per box on each call: chunks of 2 boxes (2 + 2 and 2 + 1).
+    monkeypatch.setattr(subdivision, "CPU_CHUNK_POINTS", 2 * 28 * 28)
+    with torch.no_grad():
+        params = head.predict_params(features, boxes)
+        fast = head.subdivision_inference(features, boxes, params, classes)
+        straightforward = subdivision.adaptive_subdivision(
+            lambda coords: head.point_logits(features, boxes, coords, params, classes),
+            len(classes),
+            head.init_resolution,
+            head.subdivision_steps,
+            head.subdivision_num_points,
+            "cpu",
+        )
+    assert fast.shape == (7, 1, 224, 224)
+    assert fast.max() - fast.min() > 1.0  # O(1) logits: the comparison means something
+    assert torch.equal(fast, straightforward)
+
+
 # ------------------------------------------------------------------------------ loss and gradients
 def test_l2_term_is_weighted_mean_of_squared_generated_params():
     cfg = head_cfg(**{"MODEL.IMPLICIT_POINTREND.PARAMS_L2_REGULARIZER": 0.5})
@@ -582,6 +637,9 @@ def test_low_rank_params_are_a_shared_basis_of_per_instance_coefficients():
     torch.testing.assert_close(params, coefficients @ B.T + b)
     assert params.shape == (5, head.point_head.num_params)
 
+    # Basis columns of about unit norm: a step on the coefficients moves the parameters no more
+    # than a step on the full layer would.
+    torch.testing.assert_close(B.detach().norm(dim=0), torch.ones(4), atol=0.1, rtol=0)
     # The generated parameters start with the spread of the full layer's (same hidden features).
     torch.manual_seed(0)
     full = PointSupImplicitPointRendMaskHead(head_cfg(), input_shapes()).train()

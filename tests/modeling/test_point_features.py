@@ -8,6 +8,7 @@ from detectron2.structures import Boxes
 
 from point_sup.modeling.point_features import (
     calculate_uncertainty,
+    features_for_point_sampling,
     generate_regular_grid_point_coords,
     get_point_coords_wrt_box,
     get_point_coords_wrt_image,
@@ -146,3 +147,15 @@ def test_uncertain_points_with_randomness_prefer_uncertain_regions() -> None:
     assert (coords[:, :num_uncertain, 0] < 2.5 / 7 + 1e-6).all()
     # The random remainder is spread over the whole box.
     assert (coords[:, num_uncertain:, 0] > 0.5).any()
+
+
+def test_features_prepared_for_point_sampling_sample_the_same_values() -> None:
+    """The channels-last copy made for the subdivision's many samplings changes speed, not values."""
+    g = torch.Generator().manual_seed(0)
+    features = {"p2": torch.randn(2, 8, 20, 24, generator=g), "p3": torch.randn(2, 8, 10, 12, generator=g)}
+    prepared = features_for_point_sampling(features, ["p2"])
+    assert list(prepared) == ["p2"]
+    assert prepared["p2"].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(prepared["p2"], features["p2"], rtol=0, atol=0)
+    coords = torch.rand(2, 50, 2, generator=g) * 1.2 - 0.1  # some points outside the map
+    assert torch.equal(point_sample(prepared["p2"], coords), point_sample(features["p2"], coords))

@@ -13,6 +13,7 @@ from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from point_sup.modeling import subdivision
 from point_sup.modeling.point_features import (
     calculate_uncertainty,
     get_point_coords_wrt_image,
@@ -323,6 +324,54 @@ def test_inference_output_shapes_with_and_without_detections(tiny_cfg) -> None:
     with torch.no_grad():
         detections = coarse_only(_features(), _detections((2, 0)))
     assert [tuple(i.pred_masks.shape) for i in detections] == [(2, 1, 7, 7), (0, 1, 7, 7)]
+
+
+def test_point_head_predicted_class_rows_equal_all_classes_selected(tiny_cfg) -> None:
+    head = _make_head(_cfg(tiny_cfg))
+    g = torch.Generator().manual_seed(0)
+    fine = torch.randn(4, head.point_head.fcs[0].in_channels - NUM_CLASSES, 11, generator=g)
+    coarse = torch.randn(4, NUM_CLASSES, 11, generator=g)
+    classes = torch.tensor([2, 0, 1, 2])
+    with torch.no_grad():
+        every_class = head.point_head(fine, coarse)
+        selected = head.point_head(fine, coarse, classes)
+    assert selected.shape == (4, 1, 11)
+    torch.testing.assert_close(selected, select_class_logits(every_class, classes), rtol=1e-6, atol=1e-6)
+
+
+def test_subdivision_inference_equals_the_straightforward_loop(tiny_cfg, monkeypatch) -> None:
+    """Inference (chunks of boxes on CPU, the predicted class's predictor row only, channels-last
+    sampling) gives the masks of the plain loop: _point_logits of every class on all boxes at each
+    step, then the predicted class; the same up to float rounding (the row is a separate product)."""
+    head = _make_head(_cfg(tiny_cfg)).eval()
+    features = _features(seed=6)
+    g = torch.Generator().manual_seed(7)
+    detections = []
+    for n in (3, 2):
+        inst = Instances((128, 128))
+        xy = torch.rand(n, 2, generator=g) * 60
+        inst.pred_boxes = Boxes(torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 40], dim=1))
+        inst.pred_classes = torch.randint(NUM_CLASSES, (n,), generator=g)
+        detections.append(inst)
+    boxes = [inst.pred_boxes for inst in detections]
+    classes = torch.cat([inst.pred_classes for inst in detections])
+    # 7² points then 100 per box: chunks of 2 boxes, then of 1.
+    monkeypatch.setattr(subdivision, "CPU_CHUNK_POINTS", 100)
+    with torch.no_grad():
+        coarse = head.coarse_head(head._roi_features(features, boxes))
+        straightforward = subdivision.adaptive_subdivision(
+            lambda coords: select_class_logits(head._point_logits(features, boxes, coords, coarse), classes),
+            len(classes),
+            head.subdivision_init_side,
+            head.subdivision_steps,
+            head.subdivision_num_points,
+            "cpu",
+        )
+        head(features, detections)
+    masks = torch.cat([inst.pred_masks for inst in detections])
+    assert masks.shape == (5, 1, 28, 28)
+    assert masks.max() - masks.min() > 0.3
+    torch.testing.assert_close(masks, straightforward.sigmoid(), rtol=0, atol=1e-6)
 
 
 def test_default_subdivision_skips_steps_like_point_rend(tiny_cfg) -> None:
