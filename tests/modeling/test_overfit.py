@@ -22,7 +22,7 @@ HEADS = {
     "point_rend_P10": "configs/nuclei/point_rend_R_18_FPN_P10.yaml",
     "implicit_point_rend_P10": "configs/nuclei/implicit_point_rend_R_18_FPN_P10.yaml",
 }
-ITERS = 120
+ITERS = 80
 
 
 @pytest.mark.slow
