@@ -329,6 +329,7 @@ class PointSupPointRendMaskHead(nn.Module):
         boxes: list[Boxes],
         point_coords: torch.Tensor,
         coarse: torch.Tensor,
+        classes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Point-head logits at points.
 
@@ -336,15 +337,17 @@ class PointSupPointRendMaskHead(nn.Module):
             features: image-level maps by name; boxes: N Boxes, R in total (image coordinates).
             point_coords: (R, P, 2) box-relative (u, v).
             coarse: (R, K, S, S) coarse logits, box-aligned (so sampled at the same (u, v)).
+            classes: optional (R,) int64: only each box's class row of the point head's predictor
+                (see :meth:`PointSupPointHead.forward`).
 
         Returns:
-            (R, C_point, P) logits.
+            (R, C_point, P) logits, or (R, 1, P) with ``classes``.
         """
         assert self.point_head is not None
         fine = sample_named_features(
             features, self.point_in_features, self.feature_scales, boxes, point_coords
         )
-        return self.point_head(fine, point_sample(coarse, point_coords))
+        return self.point_head(fine, point_sample(coarse, point_coords), classes)
 
     # ------------------------------------------------------------------ training
     def _point_sup_losses(
@@ -435,12 +438,7 @@ class PointSupPointRendMaskHead(nn.Module):
         point_maps = features_for_point_sampling(features, self.point_in_features)
 
         def chunk_logits(chunk_boxes: list[Boxes], rows: slice, point_coords: torch.Tensor) -> torch.Tensor:
-            # _point_logits for the chunk's boxes, with only the predicted class's predictor row.
-            fine = sample_named_features(
-                point_maps, self.point_in_features, self.feature_scales, chunk_boxes, point_coords
-            )
-            coarse_at_points = point_sample(coarse[rows], point_coords)
-            return self.point_head(fine, coarse_at_points, pred_classes[rows])
+            return self._point_logits(point_maps, chunk_boxes, point_coords, coarse[rows], pred_classes[rows])
 
         mask_logits = adaptive_subdivision(
             lambda point_coords: chunked_point_logits(chunk_logits, boxes, point_coords),
