@@ -169,6 +169,9 @@ def _add_condinst_config(cfg: CN) -> None:
     MODEL.BOXINST (box-only supervision)
         ENABLED: train the masks from the boxes only (projection + pairwise losses).
         PAIRWISE: SIZE (3), DILATION (2), COLOR_THRESH (0.3), WARMUP_ITERS (10000).
+        BOTTOM_PIXELS_REMOVED (10): the pairwise term ignores this many bottom rows of each original
+            image, scaled to the input (AdelaiDet's; COCO's bottom rows are often mislabelled);
+            <= 0: none.
     """
     if "FCOS" not in cfg.MODEL:
         cfg.MODEL.FCOS = CN()
@@ -210,6 +213,7 @@ def _add_condinst_config(cfg: CN) -> None:
         cfg.MODEL.BOXINST = CN()
     boxinst = cfg.MODEL.BOXINST
     _set_default(boxinst, "ENABLED", False)
+    _set_default(boxinst, "BOTTOM_PIXELS_REMOVED", 10)
     if "PAIRWISE" not in boxinst:
         boxinst.PAIRWISE = CN()
     _set_default(boxinst.PAIRWISE, "SIZE", 3)

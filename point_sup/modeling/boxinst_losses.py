@@ -13,7 +13,10 @@ Pairwise affinity loss (:func:`pairwise_loss`)
     (:func:`color_similarity`) is at least the threshold (0.3) and whose centre cell lies in the box.
 Colour similarity
     ``exp(-||Lab_i - Lab_j|| / 2)`` of the image average-pooled to stride s and converted to CIE Lab
-    (:func:`rgb_to_lab`, sRGB with the D65 white); pairs with a cell outside the image are 0.
+    (:func:`rgb_to_lab`, sRGB with the D65 white); pairs with a cell outside the image
+    (:func:`image_cells`: the cell's sample pixel ``(r s + s // 2, c s + s // 2)``, the pixel its
+    ground-truth value is read from, lies in the unpadded image and above its removed bottom rows,
+    ``MODEL.BOXINST.BOTTOM_PIXELS_REMOVED``) are 0.
 """
 
 from __future__ import annotations
@@ -23,7 +26,14 @@ import torch.nn.functional as F
 
 from .condinst_losses import dice_loss
 
-__all__ = ["color_similarity", "neighbour_offsets", "pairwise_loss", "projection_loss", "rgb_to_lab"]
+__all__ = [
+    "color_similarity",
+    "image_cells",
+    "neighbour_offsets",
+    "pairwise_loss",
+    "projection_loss",
+    "rgb_to_lab",
+]
 
 # sRGB (linear) to CIE XYZ, D65 (IEC 61966-2-1), and the D65 reference white.
 _RGB_TO_XYZ = (
@@ -78,6 +88,39 @@ def _shifted(x: torch.Tensor, dy: int, dx: int, fill: float = 0.0) -> torch.Tens
     if r0 < r1 and c0 < c1:
         out[..., r0:r1, c0:c1] = x[..., r0 + dy : r1 + dy, c0 + dx : c1 + dx]
     return out
+
+
+def image_cells(
+    image_sizes: list[tuple[int, int]],
+    map_size: tuple[int, int],
+    stride: int,
+    bottom_rows: list[int] | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The cells of a stride-``stride`` map that show the image.
+
+    Args:
+        image_sizes: N unpadded input sizes (h, w), in pixels.
+        map_size: (H, W) of the map over the padded batch.
+        stride: of the map, in input pixels.
+        bottom_rows: per image, how many of its bottom pixel rows count as outside it (BoxInst's
+            removal of COCO's unreliable bottom rows); None or values <= 0: none.
+        device: of the result.
+
+    Returns:
+        (N, H, W) bool: cell (r, c) is True when its sample pixel ``(r s + s // 2, c s + s // 2)`` (the
+        pixel point_sup.modeling.condinst_losses.mask_targets_at_stride reads) has row index
+        ``< h - bottom_rows[i]`` and column index ``< w``.
+    """
+    height, width = map_size
+    start = stride // 2
+    rows = torch.arange(height, device=device) * stride + start
+    cols = torch.arange(width, device=device) * stride + start
+    valid = torch.zeros((len(image_sizes), height, width), dtype=torch.bool, device=device)
+    for i, (h, w) in enumerate(image_sizes):
+        removed = max(0, bottom_rows[i]) if bottom_rows is not None else 0
+        valid[i] = (rows < h - removed)[:, None] & (cols < w)[None, :]
+    return valid
 
 
 def color_similarity(lab: torch.Tensor, valid: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:

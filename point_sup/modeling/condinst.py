@@ -41,14 +41,15 @@ set by the P_N configs). Outputs are Detectron2's standard ``pred_boxes``, ``sco
 
 What differs from AdelaiDet's CondInst, which does not build on current Detectron2/torch and is not
 used: Detectron2's FCOS places anchor points at ``stride * (i, j)`` (AdelaiDet: ``+ stride // 2``) and
-has no learnable per-level scale; BoxInst's removal of the bottom 10 pixels of COCO images is not done.
+has no learnable per-level scale. BoxInst's colour similarities are 0 for pairs touching the bottom
+``MODEL.BOXINST.BOTTOM_PIXELS_REMOVED`` (10) rows of the original image, scaled to the input, as
+AdelaiDet's (COCO's bottom rows are often mislabelled).
 Registered as ``PointSupCondInst`` so that AdelaiDet's ``CondInst`` can be installed alongside.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,14 @@ from torch import nn
 
 from ..config import condinst_supervision
 from ..data.mixed_supervision import Supervision
-from .boxinst_losses import color_similarity, neighbour_offsets, pairwise_loss, projection_loss, rgb_to_lab
+from .boxinst_losses import (
+    color_similarity,
+    image_cells,
+    neighbour_offsets,
+    pairwise_loss,
+    projection_loss,
+    rgb_to_lab,
+)
 from .condinst_losses import (
     box_cells_at_stride,
     box_masks_at_stride,
@@ -173,6 +181,7 @@ class PointSupCondInst(FCOS):
         topk_proposals_per_image: int = -1,
         infer_crop_to_box: bool = False,
         pairwise: PairwiseOptions = PairwiseOptions(),
+        bottom_pixels_removed: int = 10,
         point_loss_normalization: str = "all_points",
         input_format: str = "BGR",
         mixed_box_losses: bool = False,
@@ -188,6 +197,8 @@ class PointSupCondInst(FCOS):
             max_proposals, topk_proposals_per_image: ``MODEL.CONDINST`` (see point_sup.config).
             infer_crop_to_box: remove mask pixels outside the predicted box at inference.
             pairwise: BoxInst's pairwise options.
+            bottom_pixels_removed: BoxInst's pairwise term treats this many bottom rows of each
+                original image (``height``), scaled to the input, as outside it; <= 0: none.
             point_loss_normalization: ``MODEL.POINT_LOSS.NORMALIZATION`` of the P_N loss.
             input_format: ``INPUT.FORMAT`` (BoxInst's colours are read from the input image).
             mixed_box_losses: with ``"mixed"``, BoxInst's losses for box-only objects
@@ -219,6 +230,7 @@ class PointSupCondInst(FCOS):
         self.infer_crop_to_box = infer_crop_to_box
         self.pairwise = pairwise
         self.pairwise_offsets = neighbour_offsets(pairwise.size, pairwise.dilation)
+        self.bottom_pixels_removed = bottom_pixels_removed
         self.point_loss_normalization = point_loss_normalization
         self.input_format = input_format
         self.mixed_box_losses = mixed_box_losses
@@ -292,6 +304,7 @@ class PointSupCondInst(FCOS):
             "topk_proposals_per_image": condinst.TOPK_PROPOSALS_PER_IM,
             "infer_crop_to_box": condinst.INFER_CROP_TO_BOX,
             "pairwise": PairwiseOptions(pw.SIZE, pw.DILATION, pw.COLOR_THRESH, pw.WARMUP_ITERS),
+            "bottom_pixels_removed": cfg.MODEL.BOXINST.BOTTOM_PIXELS_REMOVED,
             "point_loss_normalization": cfg.MODEL.POINT_LOSS.NORMALIZATION,
             "input_format": cfg.INPUT.FORMAT,
             "mixed_box_losses": bool(cfg.MODEL.BOXINST.ENABLED),
@@ -350,7 +363,21 @@ class PointSupCondInst(FCOS):
             indices.append(idx)
         return labels, boxes, indices
 
-    def forward_training(self, images: ImageList, features, predictions, gt_instances):
+    def forward_training(
+        self,
+        images: ImageList,
+        features,
+        predictions,
+        gt_instances,
+        bottom_rows: list[int] | None = None,
+    ):
+        """FCOS's losses and the mask losses of :attr:`supervision`.
+
+        Args:
+            images, features, predictions, gt_instances: as Detectron2's ``FCOS.forward_training``.
+            bottom_rows: per image, input pixel rows at its bottom that BoxInst's pairwise term
+                treats as outside the image (:meth:`removed_bottom_rows`); None: none.
+        """
         logits, deltas, ctrness, params = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4, 1, self.mask_head_layout.num_params]
         )
@@ -376,11 +403,10 @@ class PointSupCondInst(FCOS):
         elif self.supervision == "points":
             losses["loss_mask"] = self._point_loss(mask_logits, inst, gt_instances) + zero
         elif self.supervision == "mixed":
-            losses.update(
-                {k: v + zero for k, v in self._mixed_losses(mask_logits, inst, gt_instances, images).items()}
-            )
+            mixed = self._mixed_losses(mask_logits, inst, gt_instances, images, bottom_rows)
+            losses.update({k: v + zero for k, v in mixed.items()})
         else:
-            prj, pairwise = self._box_losses(mask_logits, inst, gt_instances, images)
+            prj, pairwise = self._box_losses(mask_logits, inst, gt_instances, images, bottom_rows)
             losses["loss_prj"] = prj + zero
             losses["loss_pairwise"] = pairwise + zero
         return losses
@@ -409,7 +435,9 @@ class PointSupCondInst(FCOS):
             gt_index=torch.stack(gt_index)[image_index, anchor_index],
         )
 
-    def _mixed_losses(self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList) -> dict:
+    def _mixed_losses(
+        self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList, bottom_rows=None
+    ) -> dict:
         """Per-kind losses of a mixed batch (point_sup.modeling.mixed_loss), each on its own instances."""
         kinds = (
             self._per_instance(inst, [gt.gt_supervision for gt in gt_instances])
@@ -426,7 +454,9 @@ class PointSupCondInst(FCOS):
             + weights[1] * self._point_loss(mask_logits[rows[1]], inst.select(rows[1]), gt_instances)
         }
         if self.mixed_box_losses:
-            prj, pairwise = self._box_losses(mask_logits[rows[2]], inst.select(rows[2]), gt_instances, images)
+            prj, pairwise = self._box_losses(
+                mask_logits[rows[2]], inst.select(rows[2]), gt_instances, images, bottom_rows
+            )
             losses["loss_prj"] = weights[2] * prj
             losses["loss_pairwise"] = weights[2] * pairwise
         return losses
@@ -504,7 +534,9 @@ class PointSupCondInst(FCOS):
             point_logits, labels, normalization=self.point_loss_normalization, log_prefix="condinst_point"
         )
 
-    def _box_losses(self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList):
+    def _box_losses(
+        self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList, bottom_rows=None
+    ):
         if len(inst.image_index) == 0:
             zero = mask_logits.sum() * 0.0
             return zero, zero
@@ -514,7 +546,7 @@ class PointSupCondInst(FCOS):
         logits = mask_logits[:, 0]
         prj = projection_loss(logits.sigmoid(), box_masks).mean()
         with torch.no_grad():
-            similarity = self._image_color_similarity(images, map_size)[inst.image_index]
+            similarity = self._image_color_similarity(images, map_size, bottom_rows)[inst.image_index]
         pairwise = pairwise_loss(
             logits, similarity, box_masks, self.pairwise_offsets, self.pairwise.color_thresh
         )
@@ -530,8 +562,11 @@ class PointSupCondInst(FCOS):
             return 1.0
         return min(float(iteration) / self.pairwise.warmup_iters, 1.0)
 
-    def _image_color_similarity(self, images: ImageList, map_size: tuple[int, int]) -> torch.Tensor:
-        """(N, K, H_o, W_o) colour similarities of the input images at the mask output stride."""
+    def _image_color_similarity(
+        self, images: ImageList, map_size: tuple[int, int], bottom_rows: list[int] | None = None
+    ) -> torch.Tensor:
+        """(N, K, H_o, W_o) colour similarities of the input images at the mask output stride, 0 for
+        pairs with a cell outside the image (boxinst_losses.image_cells)."""
         stride = self.mask_out_stride
         pixels = images.tensor * self.pixel_std + self.pixel_mean  # the input image, 0-255
         if self.input_format == "BGR":
@@ -543,10 +578,18 @@ class PointSupCondInst(FCOS):
         )
         pooled = F.avg_pool2d(pixels[..., : height * stride, : width * stride], stride, stride)
         lab = rgb_to_lab(pooled / 255.0)
-        valid = torch.zeros((len(images), height, width), dtype=torch.bool, device=lab.device)
-        for i, (h, w) in enumerate(images.image_sizes):
-            valid[i, : math.ceil(h / stride), : math.ceil(w / stride)] = True
+        valid = image_cells(list(images.image_sizes), map_size, stride, bottom_rows, device=lab.device)
         return color_similarity(lab, valid, self.pairwise_offsets)
+
+    def removed_bottom_rows(self, batched_inputs: list[dict], images: ImageList) -> list[int]:
+        """Per image, ``int(bottom_pixels_removed * h / height)``: BoxInst's removed bottom rows of
+        the original image (``height``, the input's own ``h`` when absent) in input pixels."""
+        if self.bottom_pixels_removed <= 0:
+            return [0] * len(images)
+        return [
+            int(self.bottom_pixels_removed * h / inputs.get("height", h))
+            for inputs, (h, _) in zip(batched_inputs, images.image_sizes, strict=True)
+        ]
 
     # ----------------------------------------------------------------------------------------------
     # Inference
@@ -554,9 +597,20 @@ class PointSupCondInst(FCOS):
     def forward(self, batched_inputs):
         """Training: FCOS's and the mask losses. Inference: Detectron2's standard outputs with
         full-image ``pred_masks`` (see the module docstring)."""
-        if self.training:
-            return super().forward(batched_inputs)
-        return self.inference(batched_inputs)
+        if not self.training:
+            return self.inference(batched_inputs)
+        images, features, predictions = self._predict(batched_inputs)
+        gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        return self.forward_training(
+            images, features, predictions, gt_instances, self.removed_bottom_rows(batched_inputs, images)
+        )
+
+    def _predict(self, batched_inputs: list[dict]):
+        """The normalised, padded images, the head's input features and the head's predictions."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        features = [features[f] for f in self.head_in_features]
+        return images, features, self.head(features)
 
     def inference(
         self,
@@ -580,10 +634,7 @@ class PointSupCondInst(FCOS):
         Returns:
             ``[{"instances": Instances}]`` per image (or the list of Instances without postprocessing).
         """
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        features = [features[f] for f in self.head_in_features]
-        predictions = self.head(features)
+        images, features, predictions = self._predict(batched_inputs)
         if detected_instances is None:
             results = self.forward_inference(images, features, predictions)
             crop = self.infer_crop_to_box

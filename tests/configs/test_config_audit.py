@@ -284,7 +284,7 @@ COUNTERPARTS: dict[str, Counterpart] = {
 # defaults, which AdelaiDet's config extends. Their keys that point_sup has no use for are left out:
 # MODEL.PROPOSAL_GENERATOR.NAME "FCOS" (point_sup's CondInst builds FCOS itself), FCOS.THRESH_WITH_CTR
 # True (point_sup always thresholds after the centerness, as Detectron2's FCOS), FCOS.USE_SCALE
-# (Detectron2's FCOS has no per-level scale), BOXINST.BOTTOM_PIXELS_REMOVED 10 (not done).
+# (Detectron2's FCOS has no per-level scale).
 ADELAIDET_CONDINST_BASE = {
     "MODEL.MASK_ON": True,
     "MODEL.BACKBONE.NAME": "build_fcos_resnet_fpn_backbone",
@@ -304,6 +304,7 @@ ADELAIDET_BOXINST_BASE = {
     "MODEL.CONDINST.TOPK_PROPOSALS_PER_IM": 64,
     "MODEL.CONDINST.MASK_BRANCH.OUT_CHANNELS": 16,
     "MODEL.BOXINST.ENABLED": True,
+    "MODEL.BOXINST.BOTTOM_PIXELS_REMOVED": 10,
     "MODEL.BOXINST.PAIRWISE.SIZE": 3,
     "MODEL.BOXINST.PAIRWISE.DILATION": 2,
     "MODEL.BOXINST.PAIRWISE.COLOR_THRESH": 0.3,

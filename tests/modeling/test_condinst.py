@@ -1,218 +1,26 @@
-"""CondInst / BoxInst (point_sup.modeling.condinst and its parts) against independent computations."""
+"""The CondInst / BoxInst model (point_sup.modeling.condinst) against independent computations."""
 
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, ImageList, Instances, PolygonMasks
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
-from point_sup.modeling.boxinst_losses import (
-    color_similarity,
-    neighbour_offsets,
-    pairwise_loss,
-    projection_loss,
-    rgb_to_lab,
-)
+from point_sup.modeling.boxinst_losses import image_cells
 from point_sup.modeling.condinst import PointSupCondInst, _MaskInstances
 from point_sup.modeling.condinst_losses import (
-    box_masks_at_stride,
     dice_loss,
-    mask_targets_at_stride,
-    point_logits_at_cells,
-)
-from point_sup.modeling.dynamic_mask_head import (
-    DynamicMaskHeadLayout,
-    dynamic_mask_logits,
-    relative_coordinates,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-# ------------------------------------------------------------------------------------------------
-# The dynamic mask head
-def test_layout_has_condinsts_169_parameters_in_its_order():
-    layout = DynamicMaskHeadLayout(in_channels=8, channels=8, num_layers=3, rel_coords=True)
-    assert layout.layer_shapes == [(8, 10), (8, 8), (1, 8)]
-    assert layout.num_params == 169
-    params = torch.arange(169, dtype=torch.float32)[None]
-    (w1, b1), (w2, b2), (w3, b3) = layout.split(params)
-    # weights of all layers first (row-major (out, in)), then all biases
-    assert w1[0, 0, 0] == 0 and w1[0, 0, 1] == 1 and w1[0, 1, 0] == 10
-    assert w2[0, 0, 0] == 80 and w3[0, 0, 0] == 144 and w3[0, 0, 7] == 151
-    assert b1[0, 0] == 152 and b2[0, 0] == 160 and b3[0, 0] == 168
-    with pytest.raises(ValueError, match="169"):
-        layout.split(torch.zeros(2, 168))
-
-
-def test_dynamic_head_equals_a_loop_of_convolutions_with_the_generated_weights():
-    torch.manual_seed(0)
-    layout = DynamicMaskHeadLayout(in_channels=4, channels=5, num_layers=3, rel_coords=True)
-    features = torch.randn(2, 4, 6, 7)
-    image_index = torch.tensor([1, 0, 1])
-    params = torch.randn(3, layout.num_params)
-    locations = torch.tensor([[10.0, 4.0], [0.0, 30.0], [55.5, 47.0]])
-    soi = torch.tensor([64.0, 128.0, 64.0])
-    stride = 8
-    rel = relative_coordinates(locations, soi, (6, 7), stride)
-    out = dynamic_mask_logits(features, image_index, params, layout, rel)
-    assert out.shape == (3, 1, 6, 7)
-    shapes = layout.layer_shapes
-    for r in range(3):
-        # relative coordinates written out cell by cell
-        coords = torch.zeros(2, 6, 7)
-        for y in range(6):
-            for x in range(7):
-                coords[0, y, x] = (locations[r, 0] - (x + 0.5) * stride) / soi[r]
-                coords[1, y, x] = (locations[r, 1] - (y + 0.5) * stride) / soi[r]
-        torch.testing.assert_close(rel[r], coords)
-        x = torch.cat([features[image_index[r]], coords])[None]
-        offset = 0
-        weights = []
-        for o, i in shapes:
-            weights.append(params[r, offset : offset + o * i].reshape(o, i, 1, 1))
-            offset += o * i
-        for k, (o, _) in enumerate(shapes):
-            bias = params[r, offset : offset + o]
-            offset += o
-            x = F.conv2d(x, weights[k], bias)
-            if k < len(shapes) - 1:
-                x = F.relu(x)
-        torch.testing.assert_close(out[r], x[0], rtol=1e-5, atol=1e-5)
-
-
-def test_dynamic_head_without_relative_coordinates():
-    layout = DynamicMaskHeadLayout(in_channels=3, channels=2, num_layers=1, rel_coords=False)
-    assert layout.num_params == 3 + 1
-    features = torch.randn(1, 3, 2, 2)
-    params = torch.tensor([[1.0, -2.0, 0.5, 0.25]])
-    out = dynamic_mask_logits(features, torch.tensor([0]), params, layout)
-    expected = features[0, 0] - 2 * features[0, 1] + 0.5 * features[0, 2] + 0.25
-    torch.testing.assert_close(out[0, 0], expected)
-    with pytest.raises(ValueError, match="rel_coords"):
-        dynamic_mask_logits(features, torch.tensor([0]), params, layout, torch.zeros(1, 2, 2, 2))
-
-
-# ------------------------------------------------------------------------------------------------
-# Losses against direct formulas
-def test_dice_loss_equals_the_formula():
-    p = torch.tensor([[0.2, 0.9, 0.5, 0.0]])
-    t = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
-    expected = 1 - 2 * (0.9 + 0.5) / ((0.04 + 0.81 + 0.25) + 2 + 1e-5)
-    assert dice_loss(p, t).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_mask_targets_sample_the_pixel_at_each_cells_centre():
-    masks = torch.zeros(1, 10, 13, dtype=torch.bool)
-    masks[0, 2, 6] = True  # cell (0, 1) of stride 4 reads pixel (2, 6)
-    masks[0, 3, 7] = True  # not a sampled pixel
-    masks[0, 9, 10] = True  # cell (2, 2) reads (10, 10): outside the image (padding) -> 0
-    targets = mask_targets_at_stride(BitMasks(masks), (10, 13), (3, 4), 4)
-    expected = torch.zeros(1, 3, 4)
-    expected[0, 0, 1] = 1
-    torch.testing.assert_close(targets, expected)
-    # polygons are rasterized at the image size first
-    poly = PolygonMasks([[np.array([4.0, 0.0, 12.0, 0.0, 12.0, 8.0, 4.0, 8.0])]])
-    targets = mask_targets_at_stride(poly, (10, 13), (3, 4), 4)
-    assert targets[0, 0, 1] == 1 and targets[0, 1, 2] == 1 and targets[0, 0, 0] == 0 and targets[0, 2, 1] == 0
-
-
-def test_box_masks_contain_the_cells_whose_centre_is_in_the_box():
-    boxes = torch.tensor([[2.0, 6.0, 10.0, 10.0], [5.0, 5.0, 5.0, 5.0]])
-    masks = box_masks_at_stride(boxes, (3, 3), 4)
-    # centres 2, 6, 10: x in [2, 10] -> all three columns; y in [6, 10] -> rows 1, 2
-    assert masks[0].tolist() == [[0, 0, 0], [1, 1, 1], [1, 1, 1]]
-    assert masks[1].sum() == 0  # a degenerate box contains no centre
-
-
-def test_projection_loss_equals_dice_of_the_max_projections():
-    torch.manual_seed(1)
-    probs = torch.rand(2, 5, 6)
-    boxes = torch.zeros(2, 5, 6)
-    boxes[0, 1:4, 2:5] = 1
-    boxes[1, 0:2, 0:6] = 1
-    got = projection_loss(probs, boxes)
-    for r in range(2):
-        px, tx = probs[r].max(dim=0).values, boxes[r].max(dim=0).values  # onto the x axis
-        py, ty = probs[r].max(dim=1).values, boxes[r].max(dim=1).values  # onto the y axis
-        d = [1 - 2 * (p * t).sum() / ((p * p).sum() + (t * t).sum() + 1e-5) for p, t in ((px, tx), (py, ty))]
-        assert got[r].item() == pytest.approx(float(d[0] + d[1]), rel=1e-6)
-
-
-def _pairwise_by_loops(logits, similarity, box_masks, offsets, thresh):
-    total, count = 0.0, 0
-    num, height, width = logits.shape
-    for r in range(num):
-        for k, (dy, dx) in enumerate(offsets):
-            for y in range(height):
-                for x in range(width):
-                    if similarity[r, k, y, x] < thresh or box_masks[r, y, x] == 0:
-                        continue
-                    pi = torch.sigmoid(logits[r, y, x]).item()
-                    pj = torch.sigmoid(logits[r, y + dy, x + dx]).item()
-                    total += -math.log(pi * pj + (1 - pi) * (1 - pj))
-                    count += 1
-    return total / max(count, 1)
-
-
-def test_pairwise_loss_equals_the_log_probability_of_equal_labels_over_similar_pairs():
-    torch.manual_seed(2)
-    logits = torch.randn(2, 6, 7) * 2
-    offsets = neighbour_offsets(3, 2)
-    assert len(offsets) == 8 and (-2, -2) in offsets and (0, 0) not in offsets
-    lab = torch.rand(1, 3, 6, 7) * 60
-    valid = torch.ones(1, 6, 7, dtype=torch.bool)
-    valid[0, :, 6] = False  # padding column
-    sim = color_similarity(lab, valid, offsets).expand(2, -1, -1, -1)
-    box_masks = torch.zeros(2, 6, 7)
-    box_masks[0, 1:5, 1:6] = 1
-    box_masks[1, 0:6, 2:7] = 1
-    got = pairwise_loss(logits, sim, box_masks, offsets, 0.3)
-    expected = _pairwise_by_loops(logits, sim, box_masks, offsets, 0.3)
-    assert got.item() == pytest.approx(expected, rel=1e-5)
-    # no neighbour beyond the map or in the padding is ever selected
-    k = offsets.index((0, 2))
-    assert sim[0, k, :, 4:].sum() == 0
-
-
-def test_color_similarity_on_a_real_image_against_skimage_lab(nuclei_datasets):
-    skimage_color = pytest.importorskip("skimage.color")
-    from PIL import Image
-
-    image_file = sorted(Path(nuclei_datasets["image_root"]).glob("*.png"))[0]
-    rgb = np.asarray(Image.open(image_file).convert("RGB"))[:64, :80]
-    # false colours, so that a and b are exercised too
-    rgb = np.stack([rgb[..., 0], 255 - rgb[..., 1], (rgb[..., 2] // 2 + 60)], axis=-1).astype(np.uint8)
-    ours = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0)[0].permute(1, 2, 0)
-    reference = skimage_color.rgb2lab(rgb)
-    np.testing.assert_allclose(ours.numpy(), reference, atol=2e-3)
-    offsets = neighbour_offsets(3, 2)
-    valid = torch.ones(1, 64, 80, dtype=torch.bool)
-    sim = color_similarity(ours.permute(2, 0, 1)[None], valid, offsets)[0]
-    for k, (dy, dx) in enumerate(offsets):
-        for y, x in ((10, 10), (30, 41), (2, 77)):
-            if not (0 <= y + dy < 64 and 0 <= x + dx < 80):
-                assert sim[k, y, x] == 0
-                continue
-            expected = math.exp(-np.linalg.norm(reference[y, x] - reference[y + dy, x + dx]) * 0.5)
-            assert sim[k, y, x].item() == pytest.approx(expected, abs=1e-4)
-
-
-def test_point_logits_read_the_cell_that_contains_each_point():
-    logits = torch.arange(12, dtype=torch.float32).reshape(1, 1, 3, 4)
-    coords = torch.tensor([[[0.5, 0.5], [3.99, 4.0], [4.0, 3.99], [15.9, 11.9]]])
-    got = point_logits_at_cells(logits, coords, 4)
-    assert got.tolist() == [[0.0, 4.0, 1.0, 11.0]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,6 +167,47 @@ def test_trains_on_empty_images_zero_instances_and_degenerate_boxes_and_gradient
         assert all(torch.isfinite(v) for v in losses.values()), losses
         sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def _pairwise_after_warmup(model, batch):
+    model.train()
+    with EventStorage(10**9):  # past the pairwise term's warm-up
+        return model(batch)["loss_pairwise"]
+
+
+def test_boxinst_ignores_the_scaled_bottom_rows_of_the_original_image_in_the_pairwise_term():
+    boxinst = "configs/nuclei/boxinst_R_18_FPN_B.yaml"
+    removing = _model("MODEL.BOXINST.BOTTOM_PIXELS_REMOVED", 10, config=boxinst)
+    keeping = _model(config=boxinst)  # the nuclei config: 0
+    assert keeping.bottom_pixels_removed == 0 and removing.bottom_pixels_removed == 10
+    assert add_point_sup_config(get_cfg()).MODEL.BOXINST.BOTTOM_PIXELS_REMOVED == 10  # AdelaiDet's
+    size = (64, 96)
+    # an input shown at twice its original height: 10 original rows are 20 input rows (5 cells)
+    images = ImageList(torch.zeros(2, 3, *size), [size, (60, 96)])
+    inputs = [{"height": 32}, {"height": 60}]
+    assert removing.removed_bottom_rows(inputs, images) == [20, 10]
+    assert keeping.removed_bottom_rows(inputs, images) == [0, 0]
+    assert removing.removed_bottom_rows([{}, {}], images) == [10, 10]  # no "height": the input's own
+
+    similarity = removing._image_color_similarity(images, (16, 24), [20, 10])
+    offsets = removing.pairwise_offsets
+    valid = image_cells([size, (60, 96)], (16, 24), 4, [20, 10])
+    assert valid[0, :11].all() and not valid[0, 11:].any()  # rows 4r + 2 < 44
+    for k, (dy, _) in enumerate(offsets):
+        for r in (9, 10, 11, 12):
+            neighbour_in = 0 <= r + dy < 11
+            assert bool((similarity[0, k, r, 2:-2] > 0).all()) == (r < 11 and neighbour_in), (k, r)
+
+    def batch(box):
+        gt = _gt(size, [box])
+        return [{**_batch(size, seed=5), "height": 32, "width": 48, "instances": gt}]
+
+    # a box that reaches the removed rows: their pairs drop out of the average
+    low = batch([20, 30, 60, 64])
+    assert not torch.equal(_pairwise_after_warmup(removing, low), _pairwise_after_warmup(keeping, low))
+    # a box whose cells and their neighbours (2 cells away) stay above them: the same loss
+    high = batch([20, 4, 60, 24])
+    torch.testing.assert_close(_pairwise_after_warmup(removing, high), _pairwise_after_warmup(keeping, high))
 
 
 def test_inference_gives_full_image_boolean_masks_and_crops_to_the_box_when_asked():
