@@ -17,6 +17,7 @@ adds it where both are applied).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from detectron2.config import CfgNode as CN
@@ -31,6 +32,7 @@ __all__ = [
     "condinst_supervision",
     "is_condinst",
     "is_mixed_supervision",
+    "model_num_classes",
     "num_classes_key",
 ]
 
@@ -258,6 +260,11 @@ def num_classes_key(cfg: CN) -> str:
     """The key holding the model's number of classes: ``MODEL.FCOS.NUM_CLASSES`` for CondInst /
     BoxInst (AdelaiDet's key), ``MODEL.ROI_HEADS.NUM_CLASSES`` for the R-CNN models."""
     return "MODEL.FCOS.NUM_CLASSES" if is_condinst(cfg) else "MODEL.ROI_HEADS.NUM_CLASSES"
+
+
+def model_num_classes(cfg: CN) -> int:
+    """The model's number of classes: the value at :func:`num_classes_key`."""
+    return functools.reduce(getattr, num_classes_key(cfg).split("."), cfg)
 
 
 def is_mixed_supervision(cfg: CN) -> bool:

@@ -18,6 +18,7 @@ from ..config import (
     condinst_supervision,
     is_condinst,
     is_mixed_supervision,
+    model_num_classes,
     num_classes_key,
 )
 from .mixed_supervision import count_supervision
@@ -103,7 +104,7 @@ def check_point_supervision(
         dataset_names = [dataset_names]
     point_sup = bool(cfg.INPUT.POINT_SUP)
     classes_key = num_classes_key(cfg)
-    num_classes = cfg.MODEL.FCOS.NUM_CLASSES if is_condinst(cfg) else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    num_classes = model_num_classes(cfg)
     box_only = is_condinst(cfg) and condinst_supervision(cfg) == "boxes"  # raises if both are on
     mixed = is_mixed_supervision(cfg)  # raises for its invalid settings
     if mixed and not (cfg.MODEL.MASK_ON or is_condinst(cfg)):
