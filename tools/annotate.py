@@ -178,14 +178,17 @@ def _serve(args: argparse.Namespace) -> int:
         p["objects_total"], p["images_total"], args.num_points, args.seed, p["objects_done"],
         p["points_done"], p["points_total"], args.output,
     )  # fmt: skip
-    # The URL line is printed plainly (tests and scripts read it from stdout).
-    print(f"Annotation server running: open {server.url} in a browser (Ctrl+C to stop)", flush=True)
 
     def stop(signum: int, frame: object) -> None:
-        # shutdown() waits for serve_forever to return, so it must not run in the serving thread.
+        # shutdown() waits for serve_forever to return, so it must not run in the serving thread
+        # (before serve_forever starts it is still safe: serve_forever then returns at once).
         threading.Thread(target=server.shutdown, daemon=True).start()
 
+    # Before the URL is printed: a script that stops the server as soon as it has read the URL
+    # must find the handler installed (else SIGTERM's default action kills it, output unclosed).
     signal.signal(signal.SIGTERM, stop)
+    # The URL line is printed plainly (tests and scripts read it from stdout).
+    print(f"Annotation server running: open {server.url} in a browser (Ctrl+C to stop)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
