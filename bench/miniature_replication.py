@@ -22,6 +22,10 @@ Studies (``--study``, any combination; each row is trained once per seed):
 ``normalization``
     ``MODEL.POINT_LOSS.NORMALIZATION``: the P10 models with point_sup's ``valid_points`` mean next to
     the default (Detectron2's ``all_points``).
+``condinst``
+    Table 3b and Figure 3: CondInst from masks and from P10 + point aug. (37.5, 35.7), BoxInst from
+    the boxes only (31.6), each against CondInst M; and CondInst P10 with
+    ``MODEL.CONDINST.POINT_LOGITS: bilinear`` (ours: points read in the upsampled mask).
 ``mixed``
     Issue 15, one dataset with per-object supervision (``MODEL.MIXED_SUP``), next to M and P10:
     10 % of the nuclei with their mask and the rest P10 (``nuclei_train_p10_m10``), and P10 with half
@@ -150,6 +154,13 @@ ROWS: dict[str, Row] = {
         f"{NUCLEI}/condinst_R_18_FPN_P10.yaml", 35.7, "Table 3b CondInst P10", reference="CondInst M"
     ),
     "BoxInst B": Row(f"{NUCLEI}/boxinst_R_18_FPN_B.yaml", 31.6, "Figure 3 BoxInst", reference="CondInst M"),
+    "CondInst P10, bilinear points": Row(
+        f"{NUCLEI}/condinst_R_18_FPN_P10.yaml",
+        None,
+        "ours",
+        ("MODEL.CONDINST.POINT_LOGITS", "bilinear"),
+        reference="CondInst M",
+    ),
     # Issue 15 (not in the paper): one dataset, per-object supervision (MODEL.MIXED_SUP).
     "Mask R-CNN 10% M + P10": Row(
         f"{NUCLEI}/mask_rcnn_R_18_FPN_mixed.yaml", None, "ours, mixed", points=Points(10, mixed="m10")
@@ -180,7 +191,14 @@ STUDIES: dict[str, list[str]] = {
         "Implicit P10, shared init",
         "Implicit P10 shared, valid mean",
     ],
-    "condinst": [M, "Mask R-CNN P10", "CondInst M", "CondInst P10", "BoxInst B"],
+    "condinst": [
+        M,
+        "Mask R-CNN P10",
+        "CondInst M",
+        "CondInst P10",
+        "BoxInst B",
+        "CondInst P10, bilinear points",
+    ],
     "mixed": [M, "Mask R-CNN P10", "Mask R-CNN 10% M + P10", "Mask R-CNN P10 + B50%"],
     "small_implicit": [
         M,

@@ -164,6 +164,10 @@ def _add_condinst_config(cfg: CN) -> None:
         MAX_PROPOSALS (-1 = all): at most this many positive locations per batch get a mask loss
             (a random subset); TOPK_PROPOSALS_PER_IM (-1 = off): instead, per image and ground-truth
             object, the k / #objects highest-scoring positive locations (BoxInst's 64).
+        POINT_LOGITS ("cell"): how the P_N loss reads a point's prediction: ``"cell"``, the logit of
+            the stride-4 cell holding it (paper footnote 2: no interpolation); ``"bilinear"``
+            (point_sup's), the value at the point in the bilinearly upsampled mask, the mask that
+            inference thresholds (point_sup.modeling.condinst_losses).
         INFER_CROP_TO_BOX: at inference, set mask pixels outside the predicted box to background
             (paper footnote 2, for the P_N model; off for CondInst/BoxInst as published).
         MASK_HEAD: CHANNELS (8), NUM_LAYERS (3), DISABLE_REL_COORDS (False): the dynamic mask head.
@@ -197,6 +201,7 @@ def _add_condinst_config(cfg: CN) -> None:
     _set_default(condinst, "MAX_PROPOSALS", -1)
     _set_default(condinst, "TOPK_PROPOSALS_PER_IM", -1)
     _set_default(condinst, "INFER_CROP_TO_BOX", False)
+    _set_default(condinst, "POINT_LOGITS", "cell")
     if "MASK_HEAD" not in condinst:
         condinst.MASK_HEAD = CN()
     _set_default(condinst.MASK_HEAD, "CHANNELS", 8)

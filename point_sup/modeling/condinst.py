@@ -19,6 +19,7 @@ image's mask features plus its relative coordinates, at stride 8; the logits are
 ``"points"`` (P_N, ``INPUT.POINT_SUP``)
     the point BCE at each labelled point's own stride-4 cell, points outside the ground-truth box
     ignored, nothing else supervised (paper footnote 2); point-based augmentation is the mapper's.
+    ``MODEL.CONDINST.POINT_LOGITS: bilinear`` reads each point in the upsampled mask instead.
 ``"boxes"`` (B, ``MODEL.BOXINST.ENABLED``)
     BoxInst's projection and pairwise losses (point_sup.modeling.boxinst_losses); the pairwise term
     ramps up linearly over ``MODEL.BOXINST.PAIRWISE.WARMUP_ITERS`` iterations of the trainer.
@@ -80,6 +81,7 @@ from .condinst_losses import (
     mask_logits_to_image,
     mask_targets_at_stride,
     point_logits_at_cells,
+    point_logits_bilinear,
 )
 from .dynamic_mask_head import (
     DynamicMaskHeadLayout,
@@ -92,11 +94,13 @@ from .mixed_loss import kind_weights
 from .point_features import get_point_coords_wrt_box
 from .point_loss import PADDING_LABEL, ignore_points_outside_boxes, point_bce_loss
 
-__all__ = ["SUPERVISIONS", "CondInstHead", "PairwiseOptions", "PointSupCondInst"]
+__all__ = ["POINT_LOGITS", "SUPERVISIONS", "CondInstHead", "PairwiseOptions", "PointSupCondInst"]
 
 logger = logging.getLogger(__name__)
 
 SUPERVISIONS = ("mask", "points", "boxes", "mixed")
+# MODEL.CONDINST.POINT_LOGITS: "cell" (paper footnote 2), "bilinear" (point_sup's option).
+POINT_LOGITS = ("cell", "bilinear")
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class PointSupCondInst(FCOS):
         max_proposals: int = -1,
         topk_proposals_per_image: int = -1,
         infer_crop_to_box: bool = False,
+        point_logits: str = "cell",
         pairwise: PairwiseOptions = PairwiseOptions(),
         bottom_pixels_removed: int = 10,
         point_loss_normalization: str = "all_points",
@@ -196,6 +201,8 @@ class PointSupCondInst(FCOS):
             mask_out_stride: stride of the predicted masks (4).
             max_proposals, topk_proposals_per_image: ``MODEL.CONDINST`` (see point_sup.config).
             infer_crop_to_box: remove mask pixels outside the predicted box at inference.
+            point_logits: one of :data:`POINT_LOGITS`, how the P_N loss reads a point's prediction
+                (``MODEL.CONDINST.POINT_LOGITS``).
             pairwise: BoxInst's pairwise options.
             bottom_pixels_removed: BoxInst's pairwise term treats this many bottom rows of each
                 original image (``height``), scaled to the input, as outside it; <= 0: none.
@@ -228,6 +235,11 @@ class PointSupCondInst(FCOS):
         self.max_proposals = max_proposals
         self.topk_proposals_per_image = topk_proposals_per_image
         self.infer_crop_to_box = infer_crop_to_box
+        if point_logits not in POINT_LOGITS:
+            raise ValueError(
+                f"MODEL.CONDINST.POINT_LOGITS must be one of {POINT_LOGITS}, got {point_logits!r}"
+            )
+        self.point_logits = point_logits
         self.pairwise = pairwise
         self.pairwise_offsets = neighbour_offsets(pairwise.size, pairwise.dilation)
         self.bottom_pixels_removed = bottom_pixels_removed
@@ -303,6 +315,7 @@ class PointSupCondInst(FCOS):
             "max_proposals": condinst.MAX_PROPOSALS,
             "topk_proposals_per_image": condinst.TOPK_PROPOSALS_PER_IM,
             "infer_crop_to_box": condinst.INFER_CROP_TO_BOX,
+            "point_logits": condinst.POINT_LOGITS,
             "pairwise": PairwiseOptions(pw.SIZE, pw.DILATION, pw.COLOR_THRESH, pw.WARMUP_ITERS),
             "bottom_pixels_removed": cfg.MODEL.BOXINST.BOTTOM_PIXELS_REMOVED,
             "point_loss_normalization": cfg.MODEL.POINT_LOSS.NORMALIZATION,
@@ -529,7 +542,8 @@ class PointSupCondInst(FCOS):
         )
         boxes = self._per_instance(inst, [gt.gt_boxes.tensor for gt in gt_instances])
         labels = ignore_points_outside_boxes(get_point_coords_wrt_box(boxes, coords), labels)
-        point_logits = point_logits_at_cells(mask_logits, coords, self.mask_out_stride)
+        read = point_logits_at_cells if self.point_logits == "cell" else point_logits_bilinear
+        point_logits = read(mask_logits, coords, self.mask_out_stride)
         return point_bce_loss(
             point_logits, labels, normalization=self.point_loss_normalization, log_prefix="condinst_point"
         )

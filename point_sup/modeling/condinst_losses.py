@@ -11,6 +11,9 @@ P_N (paper footnote 2)
     that contains it, ``(floor(y / s), floor(x / s))`` (:func:`point_logits_at_cells`); points outside
     the ground-truth box are ignored and every other cell is unsupervised. The BCE is point_sup's one
     point loss (point_sup.modeling.point_loss.point_bce_loss) with its normalisation.
+    ``MODEL.CONDINST.POINT_LOGITS: bilinear`` (point_sup's option) reads instead the value at the point
+    of the mask upsampled to input pixels (:func:`point_logits_bilinear`): the mask that inference
+    thresholds, so each point supervises the four nearest cells.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, PolygonMasks
 
+from .point_features import point_sample
+
 __all__ = [
     "box_cells_at_stride",
     "box_masks_at_stride",
@@ -26,6 +31,7 @@ __all__ = [
     "mask_logits_to_image",
     "mask_targets_at_stride",
     "point_logits_at_cells",
+    "point_logits_bilinear",
 ]
 
 
@@ -113,6 +119,28 @@ def point_logits_at_cells(logits: torch.Tensor, point_coords: torch.Tensor, stri
     cols = torch.floor(point_coords[..., 0] / stride).long().clamp(0, width - 1)
     rows = torch.floor(point_coords[..., 1] / stride).long().clamp(0, height - 1)
     return torch.gather(logits.reshape(num, height * width), 1, rows * width + cols)
+
+
+def point_logits_bilinear(logits: torch.Tensor, point_coords: torch.Tensor, stride: int) -> torch.Tensor:
+    """The value at each point of the mask logits upsampled bilinearly to input pixels
+    (:func:`mask_logits_to_image`, the mask that inference thresholds), without upsampling.
+
+    Args:
+        logits: (R, 1, H, W) mask logits of R instances on a stride-``stride`` map; cell ``(r, c)``
+            covers input ``[c s, (c + 1) s) x [r s, (r + 1) s)``, its value sits at its centre.
+        point_coords: (R, P, 2) continuous input coordinates (x, y) of each instance's points (the
+            pixel centre of an integer annotation: index + 0.5).
+        stride: of the map.
+
+    Returns:
+        (R, P) logits, interpolated between the four nearest cell centres; within half a cell of the
+        map's edge the edge cells' values (as the upsampling's border), beyond it the same.
+    """
+    num, _, height, width = logits.shape
+    if num == 0 or point_coords.shape[1] == 0:
+        return logits.new_zeros(point_coords.shape[:2])
+    scale = point_coords.new_tensor([width * stride, height * stride])
+    return point_sample(logits, point_coords / scale, padding_mode="border")[:, 0]
 
 
 def mask_logits_to_image(logits: torch.Tensor, stride: int, image_size: tuple[int, int]) -> torch.Tensor:

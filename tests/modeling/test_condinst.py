@@ -18,6 +18,7 @@ from point_sup.modeling.boxinst_losses import image_cells
 from point_sup.modeling.condinst import PointSupCondInst, _MaskInstances
 from point_sup.modeling.condinst_losses import (
     dice_loss,
+    mask_logits_to_image,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +91,36 @@ def test_point_loss_reads_each_points_own_pixel_and_ignores_points_outside_the_g
     for y, x, _ in cells:
         supervised[:, 0, y, x] = True
     assert (logits.grad[supervised] != 0).all() and (logits.grad[~supervised] == 0).all()
+
+
+def test_the_bilinear_option_supervises_each_point_in_the_upsampled_mask():
+    model = _model(
+        "MODEL.CONDINST.POINT_LOGITS", "bilinear", config="configs/nuclei/condinst_R_18_FPN_P10.yaml"
+    )
+    assert model.point_logits == "bilinear"
+    h, w = 32, 48
+    coords = torch.tensor([[[5.5, 6.5], [20.5, 9.5], [40.5, 30.5], [9.0, 13.0]]])
+    labels = torch.tensor([[1.0, 0.0, 1.0, -2.0]])  # the last is padding; the third is outside the box
+    gt = _gt((h, w), [[2, 2, 30, 20]], points=(coords, labels))
+    logits = torch.randn(1, 1, h // 4, w // 4, requires_grad=True)
+    inst = _MaskInstances(
+        image_index=torch.tensor([0]),
+        params=torch.zeros(1, 1),
+        locations=torch.zeros(1, 2),
+        sizes_of_interest=torch.ones(1),
+        gt_index=torch.tensor([0]),
+    )
+    loss = model._point_loss(logits, inst, [gt])
+    # independent: the inference mask (bilinear to input pixels) at the two in-box points' pixels
+    upsampled = mask_logits_to_image(logits, 4, (h, w))[0, 0]
+    total = F.binary_cross_entropy_with_logits(
+        upsampled[[6, 9], [5, 20]], torch.tensor([1.0, 0.0]), reduction="sum"
+    )
+    torch.testing.assert_close(loss, total / 3)  # Detectron2's all_points: 3 labelled points
+    loss.backward()
+    assert (logits.grad != 0).sum() > 2  # each point reaches its neighbouring cells
+    with pytest.raises(ValueError, match="MODEL.CONDINST.POINT_LOGITS"):
+        _model("MODEL.CONDINST.POINT_LOGITS", "nearest")
 
 
 def test_dice_loss_of_the_model_uses_each_instances_own_ground_truth():

@@ -10,8 +10,10 @@ from detectron2.structures import BitMasks, PolygonMasks
 from point_sup.modeling.condinst_losses import (
     box_masks_at_stride,
     dice_loss,
+    mask_logits_to_image,
     mask_targets_at_stride,
     point_logits_at_cells,
+    point_logits_bilinear,
 )
 
 
@@ -52,3 +54,20 @@ def test_point_logits_read_the_cell_that_contains_each_point():
     coords = torch.tensor([[[0.5, 0.5], [3.99, 4.0], [4.0, 3.99], [15.9, 11.9]]])
     got = point_logits_at_cells(logits, coords, 4)
     assert got.tolist() == [[0.0, 4.0, 1.0, 11.0]]
+
+
+def test_bilinear_point_logits_are_the_upsampled_masks_value_at_the_points_pixel():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 1, 5, 7)
+    image_size = (18, 27)  # the unpadded input inside the 20 x 28 map
+    upsampled = mask_logits_to_image(logits, 4, image_size)  # what inference thresholds
+    ys, xs = torch.meshgrid(torch.arange(18), torch.arange(27), indexing="ij")
+    pixels = torch.stack([xs.flatten(), ys.flatten()], dim=1)  # every pixel, borders included
+    coords = (pixels.float() + 0.5)[None].expand(2, -1, -1)  # their centres
+    got = point_logits_bilinear(logits, coords, 4)
+    expected = upsampled[:, 0, pixels[:, 1], pixels[:, 0]]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # a point between four cell centres reads their mean; no point reads zero padding
+    between = point_logits_bilinear(logits, torch.tensor([[[8.0, 4.0]]] * 2), 4)
+    torch.testing.assert_close(between[:, 0], logits[:, 0, :2, 1:3].mean(dim=(1, 2)))
+    assert point_logits_bilinear(logits[:0], coords[:0], 4).shape == (0, coords.shape[1])
