@@ -116,11 +116,12 @@ def image_cells(
     start = stride // 2
     rows = torch.arange(height, device=device) * stride + start
     cols = torch.arange(width, device=device) * stride + start
-    valid = torch.zeros((len(image_sizes), height, width), dtype=torch.bool, device=device)
-    for i, (h, w) in enumerate(image_sizes):
-        removed = max(0, bottom_rows[i]) if bottom_rows is not None else 0
-        valid[i] = (rows < h - removed)[:, None] & (cols < w)[None, :]
-    return valid
+    sizes = torch.tensor(image_sizes, device=device).reshape(-1, 2)
+    removed = torch.tensor(bottom_rows if bottom_rows is not None else [0] * len(image_sizes), device=device)
+    valid_height = sizes[:, 0] - removed.clamp(min=0)  # (N,): pixel rows from here down are outside
+    in_rows = rows[None, :, None] < valid_height[:, None, None]
+    in_cols = cols[None, None, :] < sizes[:, 1, None, None]
+    return in_rows & in_cols
 
 
 def color_similarity(lab: torch.Tensor, valid: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
