@@ -22,13 +22,14 @@ import argparse
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 
 import point_sup  # noqa: F401  (registers point_sup's heads, datasets and mapper)
 from point_sup import add_point_sup_config, register_coco_instances_with_points
 from point_sup.data import register_point_datasets
 from point_sup.engine import PointSupTrainer
+from point_sup.engine.test_time_augmentation import tta_config_error
 
 
 class Trainer(PointSupTrainer):
@@ -72,6 +73,8 @@ def main(args: argparse.Namespace):
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:  # after the last regular evaluation, as Detectron2's tools do
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
 
 
@@ -89,7 +92,8 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def config_error(args: argparse.Namespace) -> str | None:
-    """Why the config of ``args`` cannot be built (missing file, unknown key, bad value), or None.
+    """Why the config of ``args`` cannot be built (missing file, unknown key, bad value) or run
+    (``TEST.AUG.ENABLED`` for a model without test-time augmentation), or None.
 
     Run once before :func:`launch`, so that a mistake is one message naming the file or key, not a
     Detectron2 traceback from every worker process.
@@ -115,7 +119,7 @@ def config_error(args: argparse.Namespace) -> str | None:
         cfg.merge_from_list(args.opts)
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         return f"{where}: {e.args[0] if e.args else e}"
-    return None
+    return tta_config_error(cfg)
 
 
 def invoke_main() -> None:

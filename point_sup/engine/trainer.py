@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -39,6 +41,7 @@ from ..data.checks import check_point_supervision
 from ..data.dataset_mapper import PointSupDatasetMapper
 from ..evaluation import build_evaluator
 from .distributed import create_ddp_model
+from .test_time_augmentation import build_tta_model
 
 __all__ = ["PointSupTrainer", "train_dataset_dicts"]
 
@@ -92,7 +95,9 @@ class PointSupTrainer(DefaultTrainer):
     * evaluates with :func:`point_sup.evaluation.build_evaluator` (faster-coco-eval's C++ COCOeval,
       else pycocotools, when detectron2 has no C++ extension; point-level metrics for point-only
       validation sets);
-    * wraps CPU models for multi-process (gloo) training without ``device_ids``.
+    * wraps CPU models for multi-process (gloo) training without ``device_ids``, and broadcasts
+      rank 0's buffers so that every replica is identical (:mod:`point_sup.engine.distributed`);
+    * evaluates with test-time augmentation (:meth:`test_with_TTA`, ``TEST.AUG.ENABLED``).
     """
 
     def __init__(self, cfg):
@@ -133,3 +138,20 @@ class PointSupTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model) -> OrderedDict:  # noqa: N802 (Detectron2's tools call this name)
+        """Evaluate ``model`` on ``cfg.DATASETS.TEST`` with test-time augmentation (``TEST.AUG``).
+
+        Returns:
+            Detectron2's results with ``_TTA`` appended to each task (``segm_TTA``, ``bbox_TTA``);
+            the evaluators write under ``OUTPUT_DIR/inference_TTA``.
+        """
+        tta_model = build_tta_model(cfg, model)
+        logger.info("Running inference with test-time augmentation ...")
+        evaluators = [
+            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA"))
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((f"{task}_TTA", value) for task, value in results.items())
