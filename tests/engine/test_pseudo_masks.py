@@ -15,7 +15,12 @@ from pycocotools import mask as mask_util
 
 from point_sup.engine import PointSupTrainer
 from point_sup.engine.experiment import load_config
-from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
+from point_sup.engine.pseudo_masks import (
+    _same_size_batches,
+    padded_image_size,
+    predict_pseudo_masks,
+    pseudo_mask_coco_dict,
+)
 from point_sup_labels.file_io import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +103,69 @@ def test_pseudo_masks_one_per_box_inside_it(p10_model_cfg, nuclei_datasets, tmp_
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        "mask_rcnn_R_18_FPN_P10",
+        "point_rend_R_18_FPN_P10",
+        "implicit_point_rend_R_18_FPN_P10",
+        "condinst_R_18_FPN_P10",
+    ],
+)
+def test_batches_of_one_padded_size_give_the_masks_of_batch_one(config, nuclei_datasets, tiny_overrides):
+    """Every head family: batches of 3 over images of two sizes give the RLEs of one image per call.
+
+    Padding is not neutral for these models (GroupNorm statistics, convolutions at the image's
+    edges, CondInst's locations and mask map cover the padded size), so a batch holds images of one
+    padded size only; each call is checked to be so, and some call to hold several images."""
+    # 196 of the 784 cells of the second subdivision step: top-k point selection is exercised too,
+    # at a quarter of the point heads' CPU time.
+    cfg = load_config(
+        str(ROOT / "configs/nuclei" / f"{config}.yaml"),
+        [*tiny_overrides, "MODEL.POINT_HEAD.SUBDIVISION_NUM_POINTS", 196],
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    train, val = DatasetCatalog.get("nuclei_train_p10"), DatasetCatalog.get("nuclei_val_p10")
+    records = [train[0], val[0], train[1], val[1], train[2]]
+    resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    assert padded_image_size(model, (128, 171)) == (128, 192)  # the tiles of train, resized
+    assert padded_image_size(model, (96, 192)) == (96, 192)  # and of val
+    calls = []
+    inference = model.inference
+
+    def recorded(batched_inputs, detected_instances=None, **kwargs):
+        calls.append([padded_image_size(model, tuple(x["image"].shape[-2:])) for x in batched_inputs])
+        return inference(batched_inputs, detected_instances=detected_instances, **kwargs)
+
+    model.inference = recorded
+    one = predict_pseudo_masks(model, records, cfg.INPUT.FORMAT, resize, batch_size=1)
+    calls.clear()
+    three = predict_pseudo_masks(model, records, cfg.INPUT.FORMAT, resize, batch_size=3)
+    assert sorted(len(c) for c in calls) == [2, 3]  # the 3 train tiles, then the 2 val tiles
+    assert all(len(set(c)) == 1 for c in calls)
+    segms = [[a["segmentation"] for a in r["annotations"]] for r in one]
+    assert segms == [[a["segmentation"] for a in r["annotations"]] for r in three]
+    assert [r["file_name"] for r in three] == [r["file_name"] for r in records]
+    assert sum(int(mask_util.decode(m).sum()) for ms in segms for m in ms) > 0  # not all empty
+
+
+def test_same_size_batches_group_by_key_and_hold_little():
+    """Full groups leave at once, the rest at the end, in order of their first item; while more
+    than 4 x batch_size items wait (many sizes), the oldest group leaves as it is."""
+
+    def batches(keys, batch_size):
+        items = [{"index": i, "key": k} for i, k in enumerate(keys)]
+        return [
+            [x["index"] for x in b] for b in _same_size_batches(iter(items), batch_size, lambda x: x["key"])
+        ]
+
+    assert batches("ABABA", 2) == [[0, 2], [1, 3], [4]]
+    assert batches("ABCCBA", 3) == [[0, 5], [1, 4], [2, 3]]
+    assert batches("ABCDEFGHIJ", 2) == [[i] for i in range(10)]  # at most 8 wait
+    assert batches("ABCDEFGHIAA", 2) == [[0], [1], [9, 10], *[[i] for i in range(2, 9)]]
 
 
 def cfg_overrides(cfg):
