@@ -42,7 +42,10 @@ Differences from Detectron2's ``ImplicitPointRendMaskHead``, all deliberate:
   (``ImplicitPointRendPointSupHead``): points outside the proposal box are ignored.
 * Inference evaluates only the predicted class's output row of the point head and keeps (R, 1, H, W)
   logits instead of (R, K, H, W): the same ``pred_masks``, K times less memory at 224².
-* Zero instances work in training (the reference's ``mean`` of an empty tensor is NaN) and inference.
+* Zero instances work in training (the reference's ``mean`` of an empty tensor is NaN) and inference,
+  and so do instances without a labelled point (``gt_point_coords`` (G, 0, 2): user data with empty
+  point lists, point-based augmentation that kept no point inside the image): the point loss is 0
+  with every parameter in the graph.
 
 Parameter count (COCO, K = 80, p2 with 256 channels, defaults above): ``num_params`` = 512·256 +
 2·256·256 + 256·80 + 3·256 + 80 = 283,472, so the parameter head's prediction layer alone has
@@ -107,7 +110,7 @@ from ..config import (
 )
 from .conv_fc_head import ConvFCHead
 from .implicit_point_head import DynamicPointHead
-from .mixed_loss import combine_kind_losses, drop_box_only, split_by_supervision
+from .mixed_loss import combine_kind_losses, split_by_supervision
 from .point_features import features_for_point_sampling, roi_grid_features, sample_named_features
 from .point_loss import cat_gt_classes, get_mask_point_labels, get_point_targets, point_bce_loss
 from .subdivision import adaptive_subdivision, chunked_point_logits
@@ -377,15 +380,15 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         return self._forward_inference(features, instances)
 
     def _forward_train(self, features: Mapping[str, torch.Tensor], instances: list[Instances]) -> dict:
-        if self.mixed_sup:
-            instances = drop_box_only(instances)
+        split = split_by_supervision(instances, self.mixed_weighting) if self.mixed_sup else None
+        if split is not None:
+            instances = split.supervised  # box-only proposals get no mask head at all
         boxes = [x.proposal_boxes for x in instances]
         params = self.predict_params(features, boxes)
         # With no foreground proposal the mean would be NaN; 0 * sum keeps the graph for DDP.
         loss_l2 = self.params_l2_weight * (params**2).mean() if params.numel() else params.sum() * 0.0
-        if not self.mixed_sup:
+        if split is None:
             return {"loss_mask_point": self._point_loss(features, instances, params), "loss_l2": loss_l2}
-        split = split_by_supervision(instances, self.mixed_weighting)
         losses = combine_kind_losses(
             {"loss_mask_point": self._point_loss(features, split.masks, params[split.mask_rows], False)},
             {"loss_mask_point": self._point_loss(features, split.points, params[split.points_rows], True)},

@@ -102,12 +102,8 @@ class PointSupMaskRCNNConvUpsampleHead(MaskRCNNConvUpsampleHead):
             if self.mixed_sup:
                 split = split_by_supervision(instances, self.mixed_weighting)
                 losses = combine_kind_losses(
-                    {
-                        "loss_mask": mask_rcnn_loss(
-                            x[split.mask_rows.to(x.device)], split.masks, self.vis_period
-                        )
-                    },
-                    {"loss_mask": self._point_loss(x[split.points_rows.to(x.device)], split.points)},
+                    {"loss_mask": mask_rcnn_loss(x[split.mask_index], split.masks, self.vis_period)},
+                    {"loss_mask": self._point_loss(x[split.points_index], split.points)},
                     split.weights,
                 )
                 # Box-only proposals' rows stay in the graph with weight 0 (DDP: every parameter used).

@@ -23,6 +23,13 @@ point_sup.data.mixed_supervision). The head
 A kind with no instance has weight 0 and its (zero, graph-keeping) loss is still added, so every
 parameter stays in the graph (DDP). With one kind only, its weight is exactly 1: all-mask and
 all-point batches give today's losses exactly.
+
+Host-device synchronisation (issue 23): how many instances of each kind there are depends on how the
+proposals were matched on the device, and it sizes every per-kind tensor after it, so the host must
+read it once. :func:`split_by_supervision` reads all the kinds with one device-to-host copy per step
+and selects with indices (``index_select``-like gathers) that need no further read: no boolean
+indexing, whose every use (and its backward) would make the host wait again. The weights are then
+Python floats, exactly as before.
 """
 
 from __future__ import annotations
@@ -31,20 +38,44 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from detectron2.structures import Instances
+from detectron2.structures import Instances, PolygonMasks
 
 from ..config import MIXED_SUP_WEIGHTING
 from ..data.mixed_supervision import Supervision
 
-__all__ = ["MixedSplit", "combine_kind_losses", "drop_box_only", "kind_weights", "split_by_supervision"]
+__all__ = [
+    "MixedSplit",
+    "combine_kind_losses",
+    "drop_box_only",
+    "kind_weights",
+    "nonzero_rows",
+    "split_by_supervision",
+]
 
 
-def kind_weights(counts: Sequence[int], weighting: str = "instances") -> tuple[float, ...]:
+def kind_weights(
+    counts: Sequence[int] | torch.Tensor, weighting: str = "instances"
+) -> tuple[float, ...] | torch.Tensor:
     """The weight of each kind's loss (see the module docstring) for ``counts[k]`` instances of kind
     k: (R_mask, R_points) for the ROI heads, (R_mask, R_points, R_box) for CondInst with BoxInst's
-    box losses; 0 for a kind without instances."""
+    box losses; 0 for a kind without instances.
+
+    Args:
+        counts: K Python ints, or a (K,) tensor of counts on the device (e.g. sums of device masks).
+        weighting: ``MODEL.MIXED_SUP.WEIGHTING``.
+
+    Returns:
+        K Python floats for ints; for a tensor, (K,) float32 on its device, computed there (the host
+        never waits for the counts), the same weights up to float32 rounding.
+    """
     if weighting not in MIXED_SUP_WEIGHTING:
         raise ValueError(f"MODEL.MIXED_SUP.WEIGHTING must be one of {MIXED_SUP_WEIGHTING}, got {weighting!r}")
+    if isinstance(counts, torch.Tensor):
+        counts = counts.to(torch.float32)
+        if weighting == "sum":
+            return (counts > 0).to(torch.float32)
+        # No instance at all: every count is 0, and so is every weight (0 / 1).
+        return counts / counts.sum().clamp(min=1.0)
     total = sum(counts)
     if total == 0:
         return tuple(0.0 for _ in counts)
@@ -53,27 +84,55 @@ def kind_weights(counts: Sequence[int], weighting: str = "instances") -> tuple[f
     return tuple(n / total for n in counts)
 
 
+def nonzero_rows(selected: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of the ``True`` entries of ``selected``, ascending, when the host knows how many
+    there are (``count``): ``selected.nonzero()[:, 0]`` without the host waiting for the device to
+    size the result (a stable sort moves the selected rows to the front, in order).
+
+    Args:
+        selected: (R,) bool.
+        count: the number of ``True`` entries.
+
+    Returns:
+        (count,) int64 on the device of ``selected``.
+    """
+    order = torch.argsort((~selected).to(torch.uint8), stable=True)
+    return order[:count]
+
+
 @dataclass(frozen=True)
 class MixedSplit:
     """The mask-head instances of a batch split by kind, order kept within each kind.
 
+    Rows below are rows of the head's per-instance predictions over the concatenation (in image
+    order) of the input instances (``*_index``) or of :attr:`supervised` (``*_rows``).
+
     Attributes:
+        supervised: per image, the ``MASK`` and ``POINTS`` instances (``BOX`` dropped).
         masks, points: per image, the ``MASK`` / ``POINTS`` instances (``Instances`` of any length).
-        mask_rows, points_rows: (R,) bool over the concatenation of the input instances (the rows of
-            the head's per-instance predictions), R = total number of input instances.
-        weights: (w_mask, w_points) of :func:`kind_weights`.
+        supervised_index: (R_mask + R_points,) int64, the rows of :attr:`supervised` among the input.
+        mask_rows, points_rows: (R_mask,) / (R_points,) int64, the rows of :attr:`masks` /
+            :attr:`points` among those of :attr:`supervised`.
+        weights: (w_mask, w_points) of :func:`kind_weights`, Python floats.
     """
 
+    supervised: list[Instances]
     masks: list[Instances]
     points: list[Instances]
+    supervised_index: torch.Tensor
     mask_rows: torch.Tensor
     points_rows: torch.Tensor
     weights: tuple[float, float]
 
     @property
-    def supervised_rows(self) -> torch.Tensor:
-        """(R,) bool: the instances that get a mask loss (not ``BOX``)."""
-        return self.mask_rows | self.points_rows
+    def mask_index(self) -> torch.Tensor:
+        """(R_mask,) int64: the rows of :attr:`masks` among the input instances."""
+        return self.supervised_index[self.mask_rows]
+
+    @property
+    def points_index(self) -> torch.Tensor:
+        """(R_points,) int64: the rows of :attr:`points` among the input instances."""
+        return self.supervised_index[self.points_rows]
 
 
 def _kinds(inst: Instances) -> torch.Tensor:
@@ -87,13 +146,52 @@ def _kinds(inst: Instances) -> torch.Tensor:
     return inst.gt_supervision
 
 
+def _host_kinds(instances: Sequence[Instances]) -> tuple[list[torch.Tensor], list[list[int]], torch.device]:
+    """Every instance's kind on its device and on the host (one device-to-host copy in all), and
+    that device."""
+    kinds = [_kinds(inst) for inst in instances]
+    device = next((k.device for k in kinds if len(k)), torch.device("cpu"))
+    if not any(len(k) for k in kinds):
+        return kinds, [[] for _ in kinds], device
+    # The one point where the host waits for the device: the sizes of the per-kind subsets, hence
+    # of every tensor computed from them, depend on how the proposals were matched.
+    flat = torch.cat([k.to(device) for k in kinds]).tolist()
+    host, start = [], 0
+    for k in kinds:
+        host.append(flat[start : start + len(k)])
+        start += len(k)
+    return kinds, host, device
+
+
+def _subset(
+    inst: Instances, selected: torch.Tensor, keep: list[int], num: int, device: torch.device
+) -> tuple[Instances, torch.Tensor]:
+    """The instances ``keep`` (host indices, ascending) of ``inst`` (``num`` of them), which are
+    those where ``selected`` (device) is true, and their rows in ``inst`` as a device tensor."""
+    if len(keep) == num:  # all of them (or none of none): the same object, no copy
+        return inst, torch.arange(num, device=device)
+    rows = nonzero_rows(selected, len(keep))
+    out = Instances(inst.image_size)
+    for name, value in inst.get_fields().items():
+        # Polygons are Python lists: a host index (a device one would be copied back to the host).
+        out.set(name, value[keep] if isinstance(value, PolygonMasks) else value[rows])
+    return out, rows
+
+
 def drop_box_only(instances: Sequence[Instances]) -> list[Instances]:
-    """The instances without the ``BOX`` ones (step 1 of the module docstring), per image."""
-    return [inst[_kinds(inst) != Supervision.BOX] if len(inst) else inst for inst in instances]
+    """The instances without the ``BOX`` ones (step 1 of the module docstring), per image, order
+    kept; one device-to-host copy (as :func:`split_by_supervision`)."""
+    kinds, host, device = _host_kinds(instances)
+    out = []
+    for inst, k, h in zip(instances, kinds, host, strict=True):
+        keep = [i for i, kind in enumerate(h) if kind != Supervision.BOX]
+        out.append(_subset(inst, k != Supervision.BOX, keep, len(h), device)[0])
+    return out
 
 
 def split_by_supervision(instances: Sequence[Instances], weighting: str = "instances") -> MixedSplit:
-    """Split training instances by their ``gt_supervision``.
+    """Split training instances by their ``gt_supervision`` with one device-to-host copy (the kinds,
+    which size the subsets) and no other host-device synchronisation: no boolean indexing.
 
     Args:
         instances: per image, the mask head's training instances; each non-empty one has
@@ -101,14 +199,38 @@ def split_by_supervision(instances: Sequence[Instances], weighting: str = "insta
             truth, and the ROI heads copy it to the matched proposals).
         weighting: ``MODEL.MIXED_SUP.WEIGHTING``.
     """
-    kinds = [_kinds(inst) for inst in instances]
-    masks = [inst[k == Supervision.MASK] for inst, k in zip(instances, kinds, strict=True)]
-    points = [inst[k == Supervision.POINTS] for inst, k in zip(instances, kinds, strict=True)]
-    device = kinds[0].device if kinds and any(len(k) for k in kinds) else torch.device("cpu")
-    flat = torch.cat([k.to(device) for k in kinds]) if kinds else torch.zeros((0,), dtype=torch.int64)
-    mask_rows, points_rows = flat == Supervision.MASK, flat == Supervision.POINTS
-    weights = kind_weights((int(mask_rows.sum()), int(points_rows.sum())), weighting)
-    return MixedSplit(masks, points, mask_rows, points_rows, weights)
+    kinds, host, device = _host_kinds(instances)
+    supervised, by_kind = [], {Supervision.MASK: ([], []), Supervision.POINTS: ([], [])}
+    sup_index, start, sup_start = [], 0, 0
+    for inst, k, h in zip(instances, kinds, host, strict=True):
+        keep = [i for i, kind in enumerate(h) if kind != Supervision.BOX]
+        sup, rows = _subset(inst, k != Supervision.BOX, keep, len(h), device)
+        sup_kinds = k[rows] if len(keep) != len(h) else k
+        sup_host = [h[i] for i in keep]
+        for kind, (subsets, kind_rows) in by_kind.items():
+            kind_keep = [i for i, x in enumerate(sup_host) if x == kind]
+            subset, rows_in_sup = _subset(sup, sup_kinds == kind, kind_keep, len(keep), device)
+            subsets.append(subset)
+            kind_rows.append(rows_in_sup + sup_start)
+        supervised.append(sup)
+        sup_index.append(rows + start)
+        start, sup_start = start + len(h), sup_start + len(keep)
+
+    def cat(rows: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(rows) if rows else torch.zeros((0,), dtype=torch.int64, device=device)
+
+    masks, mask_rows = by_kind[Supervision.MASK]
+    points, points_rows = by_kind[Supervision.POINTS]
+    counts = (sum(len(r) for r in mask_rows), sum(len(r) for r in points_rows))
+    return MixedSplit(
+        supervised=supervised,
+        masks=masks,
+        points=points,
+        supervised_index=cat(sup_index),
+        mask_rows=cat(mask_rows),
+        points_rows=cat(points_rows),
+        weights=kind_weights(counts, weighting),
+    )
 
 
 def combine_kind_losses(

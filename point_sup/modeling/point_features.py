@@ -119,7 +119,7 @@ def point_sample_fine_grained_features(
         point_coords: (R, P, 2) box-relative (u, v), boxes concatenated in image order.
 
     Returns:
-        features: (R, sum_l C_l, P) bilinear features at the points.
+        features: (R, sum_l C_l, P) bilinear features at the points (P may be 0).
         point_coords_wrt_image: (R, P, 2) the points in image coordinates.
     """
     cat_boxes = Boxes.cat(list(boxes))
@@ -127,13 +127,19 @@ def point_sample_fine_grained_features(
     num_boxes = [len(b) for b in boxes]
     features_per_image = []
     for idx, coords in enumerate(torch.split(point_coords_wrt_image, num_boxes)):
-        if coords.numel() == 0:
+        # Only an image without boxes is skipped: boxes without points (P = 0, e.g. a batch whose
+        # objects have no labelled point left) still get their (R_i, C, 0) rows, so that the rows
+        # stay aligned with the boxes and with anything concatenated to the features per point.
+        if coords.shape[0] == 0:
             continue
         per_level = []
         for features, scale in zip(features_list, feature_scales, strict=True):
             # A map of stride s covers the image exactly: image coordinate x is map coordinate x / s.
-            size = torch.tensor(features.shape[-1:-3:-1], device=coords.device, dtype=coords.dtype)
-            normalized = coords * scale / size
+            # Divided by Python ints rather than a (W, H) tensor made from the shape: the same float
+            # divisions, but no host-to-device copy (one would wait for the GPU's queue, per map).
+            height, width = features.shape[-2:]
+            scaled = coords * scale
+            normalized = torch.stack([scaled[..., 0] / width, scaled[..., 1] / height], dim=-1)
             sampled = point_sample(features[idx : idx + 1], normalized.reshape(1, -1, 2))
             per_level.append(sampled.squeeze(0).view(features.shape[1], coords.shape[0], coords.shape[1]))
         # One level (p2, the default) needs no concatenation: the transposed view is copied once below.

@@ -100,12 +100,12 @@ def ignore_points_outside_boxes(
         (R, P) float32, a new tensor: -1 where a point lies outside the closed box [0, 1]² (a point
         on the box edge counts as inside); padding stays padding.
     """
-    labels = point_labels.to(torch.float32).clone()
+    labels = point_labels.to(torch.float32)
     outside = ((point_coords_wrt_box < 0.0) | (point_coords_wrt_box > 1.0)).any(dim=2) & (
         labels != PADDING_LABEL
     )
-    labels[outside] = IGNORE_LABEL
-    return labels
+    # torch.where, not an in-place boolean assignment: one elementwise kernel, nothing to index.
+    return torch.where(outside, IGNORE_LABEL, labels)
 
 
 def cat_gt_classes(instances: Sequence[Instances], device: torch.device | str | None = None) -> torch.Tensor:
@@ -157,9 +157,10 @@ def mask_labels_at_points(
     if R == 0:
         return point_coords_wrt_image.new_zeros(point_coords_wrt_image.shape[:2])
     if mode == "bilinear":
-        # A map covering the image exactly: image coordinates / (W, H) are its normalized coordinates.
-        scale = point_coords_wrt_image.new_tensor([W, H])
-        normalized = point_coords_wrt_image.to(torch.float32) / scale
+        # A map covering the image exactly: image coordinates / (W, H) are its normalized coordinates
+        # (divided by Python ints: no (W, H) tensor to copy to the device, which would wait for it).
+        coords = point_coords_wrt_image.to(torch.float32)
+        normalized = torch.stack([coords[..., 0] / W, coords[..., 1] / H], dim=-1)
         return point_sample(masks.to(torch.float32).unsqueeze(1), normalized).squeeze(1)
     cols = torch.floor(point_coords_wrt_image[..., 0]).long()
     rows = torch.floor(point_coords_wrt_image[..., 1]).long()
@@ -230,8 +231,9 @@ def point_bce_loss(
         classes: optional (R,) int64 classes (see :func:`select_class_logits`).
 
     Returns:
-        A scalar. With no valid point it is ``0 * point_logits.sum()``, so the graph (and DDP's
-        expectation that every parameter gets a gradient) is kept.
+        A scalar. With no valid point it is 0 with the graph kept (every logit gets gradient 0), so
+        DDP's expectation that every parameter gets a gradient holds. No host-device
+        synchronisation but the logging's one copy (``log_prefix``).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(
@@ -242,22 +244,34 @@ def point_bce_loss(
     valid = point_labels >= 0
     if log_prefix:
         _log_point_stats(point_logits, point_labels, valid, log_prefix)
-    if not bool(valid.any()):
-        return point_logits.sum() * 0.0
-    total = F.binary_cross_entropy_with_logits(point_logits[valid], point_labels[valid], reduction="sum")
+    # Unsupervised points stay in the sum with weight 0 instead of being selected out: the same
+    # total (Detectron2's roi_mask_point_loss weights its ignored points the same way), a gradient
+    # of exactly 0 at those points, and no boolean indexing, whose output size the host would have
+    # to wait for on a GPU (twice: its backward indexes again). Their labels (-1, -2) are clamped
+    # and their logits replaced by 0, so that nothing non-finite reaches the sum as 0 * inf.
+    total = F.binary_cross_entropy_with_logits(
+        torch.where(valid, point_logits, 0.0),
+        point_labels.clamp(min=0.0),
+        weight=valid.to(point_logits.dtype),
+        reduction="sum",
+    )
     count = valid.sum() if normalization == "valid_points" else (point_labels != PADDING_LABEL).sum()
-    return total / count
+    # No supervised point: total is 0 (with the graph, for DDP) and so is the loss.
+    return total / count.clamp(min=1)
 
 
 def _log_point_stats(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prefix: str) -> None:
+    """Point accuracy and valid-point fraction into the event storage, read with one device-to-host
+    copy (Detectron2's own loss statistics read theirs where they compute them, one by one)."""
     try:
         storage = get_event_storage()
     except AssertionError:  # no EventStorage outside a trainer: nothing to log to
         return
-    num_valid = int(valid.sum())
     correct = ((logits > 0) == (labels > 0.5)) & valid
-    storage.put_scalar(f"{prefix}/accuracy", float(correct.sum()) / max(num_valid, 1))
-    num_points = int((labels != PADDING_LABEL).sum())
+    num_correct, num_valid, num_points = torch.stack(
+        [correct.sum(), valid.sum(), (labels != PADDING_LABEL).sum()]
+    ).tolist()
+    storage.put_scalar(f"{prefix}/accuracy", num_correct / max(num_valid, 1))
     storage.put_scalar(f"{prefix}/valid_point_fraction", num_valid / max(num_points, 1))
 
 

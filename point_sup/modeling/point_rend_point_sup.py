@@ -55,7 +55,7 @@ from torch import nn
 
 from ..config import check_point_head_classes, check_point_head_name, is_mixed_supervision
 from .conv_fc_head import ConvFCHead
-from .mixed_loss import combine_kind_losses, drop_box_only, split_by_supervision
+from .mixed_loss import combine_kind_losses, split_by_supervision
 from .point_features import (
     calculate_uncertainty,
     features_for_point_sampling,
@@ -294,17 +294,15 @@ class PointSupPointRendMaskHead(nn.Module):
             coarse side without point head).
         """
         if self.training:
-            if self.mixed_sup:
-                instances = drop_box_only(instances)
+            split = split_by_supervision(instances, self.mixed_weighting) if self.mixed_sup else None
+            if split is not None:
+                instances = split.supervised  # box-only proposals get no mask head at all
             boxes = [inst.proposal_boxes for inst in instances]
             coarse = self.coarse_head(self._roi_features(features, boxes))
-            if self.mixed_sup:
-                split = split_by_supervision(instances, self.mixed_weighting)
+            if split is not None:
                 return combine_kind_losses(
-                    self._mask_losses(features, coarse[split.mask_rows.to(coarse.device)], split.masks),
-                    self._point_sup_losses(
-                        features, coarse[split.points_rows.to(coarse.device)], split.points
-                    ),
+                    self._mask_losses(features, coarse[split.mask_rows], split.masks),
+                    self._point_sup_losses(features, coarse[split.points_rows], split.points),
                     split.weights,
                 )
             if self.point_sup:

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
+from host_syncs import count_host_syncs
 
 from point_sup.data.mixed_supervision import Supervision
-from point_sup.modeling.mixed_loss import kind_weights, split_by_supervision
+from point_sup.modeling.mixed_loss import drop_box_only, kind_weights, nonzero_rows, split_by_supervision
 from point_sup.modeling.point_features import get_point_coords_wrt_image
 from point_sup.modeling.point_loss import mask_labels_at_points
 
@@ -214,8 +216,11 @@ def test_split_keeps_order_and_requires_the_field() -> None:
     instances = _proposals()
     split = split_by_supervision(instances)
     assert split.weights == (0.4, 0.6)
-    assert split.mask_rows.tolist() == [True, False, False, False, False, True, False]
-    assert split.points_rows.tolist() == [False, True, False, True, False, False, True]
+    # MIX = ([M, P, B, P], [B, M, P]): rows 0-3 of image 0, 4-6 of image 1
+    assert split.supervised_index.tolist() == [0, 1, 3, 5, 6]
+    assert split.mask_rows.tolist() == [0, 3] and split.points_rows.tolist() == [1, 2, 4]
+    assert split.mask_index.tolist() == [0, 5] and split.points_index.tolist() == [1, 3, 6]
+    assert [len(i) for i in split.supervised] == [3, 2]
     assert [len(i) for i in split.points] == [2, 1]
     torch.testing.assert_close(
         split.points[0].proposal_boxes.tensor, instances[0].proposal_boxes.tensor[[1, 3]]
@@ -223,6 +228,108 @@ def test_split_keeps_order_and_requires_the_field() -> None:
     instances[1].remove("gt_supervision")
     with pytest.raises(ValueError, match="gt_supervision.*PointSupDatasetMapper"):
         split_by_supervision(instances)
+
+
+def _assert_same_instances(ours: Instances, reference: Instances) -> None:
+    assert ours.image_size == reference.image_size
+    assert set(ours.get_fields()) == set(reference.get_fields())
+    for name, value in reference.get_fields().items():
+        mine = ours.get(name)
+        if isinstance(value, PolygonMasks):
+            assert len(mine.polygons) == len(value.polygons)
+            for a, b in zip(mine.polygons, value.polygons, strict=True):
+                assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+            continue
+        tensor = value if isinstance(value, torch.Tensor) else value.tensor
+        assert torch.equal(mine if isinstance(mine, torch.Tensor) else mine.tensor, tensor), name
+
+
+def _boolean_split(instances: list[Instances], weighting: str):
+    """split_by_supervision and drop_box_only as they were before issue 23 (boolean selection per
+    image and kind; the weights from int() of the counts)."""
+    kinds = [i.gt_supervision if len(i) else torch.zeros(0, dtype=torch.int64) for i in instances]
+    supervised = [i[k != B] if len(i) else i for i, k in zip(instances, kinds, strict=True)]
+    masks = [i[k == M] for i, k in zip(instances, kinds, strict=True)]
+    points = [i[k == P] for i, k in zip(instances, kinds, strict=True)]
+    flat = torch.cat(kinds)
+    mask_rows, points_rows = flat == M, flat == P
+    weights = kind_weights((int(mask_rows.sum()), int(points_rows.sum())), weighting)
+    return supervised, masks, points, mask_rows, points_rows, weights
+
+
+def _random_proposals(seed: int, polygons: bool) -> list[Instances]:
+    g = torch.Generator().manual_seed(seed)
+    num_images = int(torch.randint(1, 5, (1,), generator=g))
+    counts = torch.randint(0, 9, (num_images,), generator=g).tolist()
+    instances = _proposals(kinds=[[M] * n for n in counts], seed=seed)
+    for inst in instances:
+        n = len(inst)
+        inst.gt_supervision = torch.randint(3, (n,), generator=g)
+        inst.objectness_logits = torch.randn(n, generator=g)
+        if polygons:
+            xy = torch.rand(n, 3, 2, generator=g) * SIZE
+            inst.gt_masks = PolygonMasks([[p.flatten().numpy().astype(np.float64)] for p in xy])
+    return instances
+
+
+@pytest.mark.parametrize("polygons", [False, True], ids=["bitmasks", "polygons"])
+@pytest.mark.parametrize("weighting", ["instances", "sum"])
+def test_split_equals_the_boolean_selection(polygons, weighting) -> None:
+    """Per image and kind the same instances in the same order as the former boolean selection,
+    rows consistent with them, the same weights (Python floats), for random mixes with empty images,
+    images of one kind and polygon masks (indexed on the host)."""
+    for seed in range(8):
+        instances = _random_proposals(seed, polygons)
+        split = split_by_supervision(instances, weighting)
+        supervised, masks, points, mask_rows, points_rows, weights = _boolean_split(instances, weighting)
+        assert split.weights == weights
+        for ours, reference in zip(
+            [*split.supervised, *split.masks, *split.points], [*supervised, *masks, *points], strict=True
+        ):
+            _assert_same_instances(ours, reference)
+        for theirs in drop_box_only(instances), supervised:
+            for ours, reference in zip(theirs, supervised, strict=True):
+                _assert_same_instances(ours, reference)
+        assert torch.equal(split.mask_index, mask_rows.nonzero()[:, 0])
+        assert torch.equal(split.points_index, points_rows.nonzero()[:, 0])
+        assert torch.equal(split.supervised_index, (mask_rows | points_rows).nonzero()[:, 0])
+        sup_kinds = torch.cat([i.gt_supervision for i in split.supervised if len(i)] or [torch.zeros(0)])
+        assert torch.equal(split.mask_rows, (sup_kinds == M).nonzero()[:, 0])
+        assert torch.equal(split.points_rows, (sup_kinds == P).nonzero()[:, 0])
+
+
+def test_split_reads_the_host_once() -> None:
+    """Issue 23: one copy to the host (the kinds) per split, no other host-device synchronisation
+    (the former split read the host once per image, kind and field, twice more for the weights)."""
+    instances = _random_proposals(seed=3, polygons=False)
+    assert sum(len(i) for i in instances) > 0
+    with count_host_syncs() as syncs:
+        split_by_supervision(instances)
+    assert syncs == {"to host": 1}, syncs
+    with count_host_syncs() as syncs:
+        _boolean_split(instances, "instances")
+    assert syncs["bool index"] > 10, syncs
+
+
+def test_nonzero_rows() -> None:
+    g = torch.Generator().manual_seed(0)
+    for size in (0, 1, 7, 300):
+        for fraction in (0.0, 0.3, 1.0):
+            selected = torch.rand(size, generator=g) < fraction
+            count = int(selected.sum())
+            assert torch.equal(nonzero_rows(selected, count), selected.nonzero()[:, 0])
+
+
+def test_kind_weights_of_device_counts_equal_the_python_ones() -> None:
+    for counts in ((0, 0), (5, 0), (1, 2, 1), (0, 7), (3, 11), (1, 1, 1)):
+        for weighting in ("instances", "sum"):
+            ours = kind_weights(torch.tensor(counts), weighting)
+            assert ours.dtype == torch.float32 and ours.shape == (len(counts),)
+            reference = torch.tensor(kind_weights(counts, weighting), dtype=torch.float32)
+            assert torch.equal(ours, reference), (counts, weighting)
+    with count_host_syncs() as syncs:
+        kind_weights(torch.tensor([3, 4]))
+    assert not syncs
 
 
 def test_kind_weights() -> None:

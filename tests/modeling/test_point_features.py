@@ -114,6 +114,39 @@ def test_fine_grained_features_against_hand_computed_maps() -> None:
     torch.testing.assert_close(features, expected, rtol=0, atol=1e-4)
 
 
+def _former_fine_grained_features(features_list, feature_scales, boxes, point_coords) -> torch.Tensor:
+    """point_sample_fine_grained_features before issue 23: each map's (W, H) as a tensor."""
+    image_coords = get_point_coords_wrt_image(Boxes.cat(boxes).tensor, point_coords)
+    out = []
+    for idx, coords in enumerate(torch.split(image_coords, [len(b) for b in boxes])):
+        if coords.numel() == 0:
+            continue
+        per_level = []
+        for features, scale in zip(features_list, feature_scales, strict=True):
+            size = torch.tensor(features.shape[-1:-3:-1], device=coords.device, dtype=coords.dtype)
+            sampled = point_sample(features[idx : idx + 1], (coords * scale / size).reshape(1, -1, 2))
+            per_level.append(sampled.squeeze(0).view(features.shape[1], coords.shape[0], coords.shape[1]))
+        out.append(torch.cat(per_level, dim=0).transpose(0, 1))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fine_grained_features_equal_the_former_division_by_a_size_tensor(dtype) -> None:
+    """Map coordinates are divided by the Python ints W and H (no tensor copied to the device per
+    map): bit for bit the former division by a (W, H) tensor of the coordinates' dtype."""
+    g = torch.Generator().manual_seed(5)
+    maps = [
+        torch.randn(2, 3, 25, 33, generator=g, dtype=dtype),
+        torch.randn(2, 2, 13, 17, generator=g, dtype=dtype),
+    ]
+    origin = torch.rand(5, 2, generator=g, dtype=dtype) * 60
+    boxes = torch.cat([origin, origin + 5 + torch.rand(5, 2, generator=g, dtype=dtype) * 60], dim=1)
+    boxes = [Boxes(boxes[:3]), Boxes(boxes[3:])]
+    rel = torch.rand(5, 9, 2, generator=g, dtype=dtype) * 1.2 - 0.1
+    features, _ = point_sample_fine_grained_features(maps, [1 / 4, 1 / 8], boxes, rel)
+    assert torch.equal(features, _former_fine_grained_features(maps, [1 / 4, 1 / 8], boxes, rel))
+
+
 def test_fine_grained_features_without_boxes() -> None:
     features, coords = point_sample_fine_grained_features(
         [torch.zeros(2, 4, 8, 8)],
@@ -122,6 +155,25 @@ def test_fine_grained_features_without_boxes() -> None:
         torch.zeros(0, 5, 2),
     )
     assert features.shape == (0, 4, 5) and coords.shape == (0, 5, 2)
+
+
+def test_fine_grained_features_of_boxes_without_points_keep_their_rows() -> None:
+    """Boxes with P = 0 points (a batch without labelled points) get (R_i, C, 0) rows, so that the
+    rows match the boxes: the Implicit PointRend head concatenates them with the positional
+    encoding of the same R boxes. The maps stay in the graph (a zero gradient)."""
+    maps = torch.randn(2, 4, 8, 8, requires_grad=True)
+    boxes = [
+        Boxes(torch.tensor([[1.0, 1.0, 20.0, 20.0]] * 3)),
+        Boxes(torch.tensor([[2.0, 3.0, 9.0, 9.0]] * 2)),
+    ]
+    features, coords = point_sample_fine_grained_features([maps], [0.25], boxes, torch.zeros(5, 0, 2))
+    assert features.shape == (5, 4, 0) and coords.shape == (5, 0, 2)
+    features.sum().backward()
+    assert torch.equal(maps.grad, torch.zeros_like(maps))
+    # An image without boxes next to one with boxes but no points.
+    boxes[0] = Boxes(torch.zeros(0, 4))
+    features, _ = point_sample_fine_grained_features([maps], [0.25], boxes, torch.zeros(2, 0, 2))
+    assert features.shape == (2, 4, 0)
 
 
 def test_uncertain_points_on_grid() -> None:

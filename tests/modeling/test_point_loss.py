@@ -7,11 +7,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
+from host_syncs import count_host_syncs
 
+from point_sup.modeling.point_features import point_sample
 from point_sup.modeling.point_loss import (
     IGNORE_LABEL,
     PADDING_LABEL,
     get_point_targets,
+    ignore_points_outside_boxes,
     mask_labels_at_points,
     point_bce_loss,
     select_class_logits,
@@ -145,6 +148,17 @@ def test_mask_labels_at_points_bilinear_is_detectron2s() -> None:
     ))  # fmt: skip
 
 
+def test_mask_labels_at_points_bilinear_equals_the_former_division_by_a_size_tensor() -> None:
+    """The normalisation divides by the Python ints W and H (no tensor copied to the device): the
+    same float32 divisions as the former division by a (W, H) tensor, bit for bit."""
+    g = torch.Generator().manual_seed(4)
+    masks = torch.rand(4, 37, 53, generator=g) > 0.5
+    coords = torch.rand(4, 60, 2, generator=g) * torch.tensor([60.0, 44.0]) - 3.0
+    labels = mask_labels_at_points(BitMasks(masks), coords, (37, 53))
+    former = point_sample(masks.float().unsqueeze(1), coords / coords.new_tensor([53, 37])).squeeze(1)
+    assert torch.equal(labels, former)
+
+
 def test_mask_labels_at_points_without_masks() -> None:
     labels = mask_labels_at_points(
         BitMasks(torch.zeros(0, 8, 8, dtype=torch.bool)), torch.zeros(0, 4, 2), (8, 8)
@@ -209,10 +223,17 @@ def test_point_bce_loss_default_is_detectron2_point_sup_loss() -> None:
         inst = Instances((50, 50))
         inst.gt_classes = classes[start:stop]
         images.append(inst)
+    class_logits.requires_grad_()
     with EventStorage():
         reference = point_head.roi_mask_point_loss(class_logits, images, labels)
-    torch.testing.assert_close(ours, reference)
-    assert abs(float(ours) - float(valid_mean)) > 0.05  # the two normalisations really differ here
+    # Bit for bit: both weight the ignored points 0 in one sum over all points.
+    ours = point_bce_loss(class_logits, labels, classes=classes)
+    assert torch.equal(ours, reference)
+    # Gradients: the same up to where the division by the point count is rounded.
+    (grad,) = torch.autograd.grad(ours, class_logits)
+    (grad_reference,) = torch.autograd.grad(reference, class_logits)
+    torch.testing.assert_close(grad, grad_reference, rtol=2e-6, atol=1e-12)
+    assert abs(float(ours.detach()) - float(valid_mean)) > 0.05  # the two normalisations really differ here
 
 
 def test_point_bce_loss_padding_is_never_counted() -> None:
@@ -237,3 +258,88 @@ def test_point_bce_loss_all_ignored_keeps_graph() -> None:
     empty = torch.zeros(0, 0, requires_grad=True)
     loss = point_bce_loss(empty, torch.zeros(0, 0))
     assert loss.item() == 0.0 and loss.requires_grad
+
+
+def _boolean_selection_bce(logits: torch.Tensor, labels: torch.Tensor, normalization: str) -> torch.Tensor:
+    """point_bce_loss as it was before issue 23: the valid points selected with a boolean index."""
+    valid = labels >= 0
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    total = F.binary_cross_entropy_with_logits(logits[valid], labels[valid], reduction="sum")
+    count = valid.sum() if normalization == "valid_points" else (labels != PADDING_LABEL).sum()
+    return total / count
+
+
+@pytest.mark.parametrize("normalization", ["all_points", "valid_points"])
+def test_point_bce_loss_equals_the_boolean_selection(normalization) -> None:
+    """The weighted sum over all points is the former selection's loss and gradient, up to the float
+    rounding of a different summation order (and a different SIMD lane of the sigmoid); gradients at
+    unsupervised points are exactly 0."""
+    g = torch.Generator().manual_seed(0)
+    for num_masks, num_points in ((1, 1), (7, 5), (64, 10), (333, 3)):
+        logits = (torch.randn(num_masks, num_points, generator=g) * 3).requires_grad_()
+        labels = (torch.rand(num_masks, num_points, generator=g) > 0.5).float()
+        kind = torch.rand(num_masks, num_points, generator=g)
+        labels[kind < 0.2] = IGNORE_LABEL
+        labels[kind > 0.9] = PADDING_LABEL
+        labels[0] = torch.rand(num_points, generator=g)  # soft labels (points labelled from masks)
+        ours = point_bce_loss(logits, labels, normalization)
+        reference = _boolean_selection_bce(logits, labels, normalization)
+        torch.testing.assert_close(ours, reference, rtol=1e-6, atol=0)
+        (grad,) = torch.autograd.grad(ours, logits)
+        (grad_reference,) = torch.autograd.grad(reference, logits)
+        torch.testing.assert_close(grad, grad_reference, rtol=2e-6, atol=1e-12)
+        assert torch.count_nonzero(grad[labels < 0]) == 0
+
+
+def test_point_bce_loss_ignores_non_finite_logits_of_unsupervised_points() -> None:
+    logits = torch.tensor([[1.0, float("inf"), float("nan")], [-2.0, 0.5, float("-inf")]], requires_grad=True)
+    labels = torch.tensor([[1.0, IGNORE_LABEL, PADDING_LABEL], [0.0, 1.0, IGNORE_LABEL]])
+    loss = point_bce_loss(logits, labels)
+    valid = labels >= 0
+    expected = F.binary_cross_entropy_with_logits(logits[valid], labels[valid], reduction="sum") / 5
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and torch.count_nonzero(logits.grad[~valid]) == 0
+
+
+def test_point_bce_loss_needs_no_host_sync_and_logs_with_one_copy() -> None:
+    """Issue 23: the loss makes a CUDA host wait for nothing; its statistics are read with one copy."""
+    logits, labels = _with_ignored_points(seed=2)
+    logits.requires_grad_()
+    with EventStorage(), count_host_syncs() as syncs:
+        point_bce_loss(logits, labels).backward()
+    assert not syncs, syncs
+    with EventStorage() as storage, count_host_syncs() as syncs:
+        class_logits = torch.cat([torch.randn(8, 1, 10), logits[:, None]], dim=1)
+        point_bce_loss(class_logits, labels, log_prefix="test", classes=torch.ones(8, dtype=torch.int64))
+    assert syncs == {"to host": 1}, syncs
+    scalars = {k: v[0] for k, v in storage.latest().items()}
+    valid = labels >= 0
+    correct = ((logits > 0) == (labels > 0.5)) & valid
+    assert scalars["test/accuracy"] == int(correct.sum()) / int(valid.sum())
+    assert scalars["test/valid_point_fraction"] == int(valid.sum()) / labels.numel()
+
+
+def _ignore_in_place(point_coords_wrt_box: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+    """ignore_points_outside_boxes as it was before issue 23 (a boolean index_put)."""
+    labels = point_labels.to(torch.float32).clone()
+    outside = ((point_coords_wrt_box < 0.0) | (point_coords_wrt_box > 1.0)).any(dim=2) & (
+        labels != PADDING_LABEL
+    )
+    labels[outside] = IGNORE_LABEL
+    return labels
+
+
+def test_ignore_points_outside_boxes_equals_the_in_place_rule() -> None:
+    g = torch.Generator().manual_seed(0)
+    coords = torch.rand(40, 12, 2, generator=g) * 1.4 - 0.2
+    coords[0, :4] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 0.5], [-0.0, 1.0]])  # on the edges
+    labels = (torch.rand(40, 12, generator=g) > 0.5).to(torch.float64)
+    labels[:, -3:] = PADDING_LABEL
+    labels[5, :2] = IGNORE_LABEL
+    ours = ignore_points_outside_boxes(coords, labels)
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours, _ignore_in_place(coords, labels))
+    assert torch.equal(labels[0, :4], ours[0, :4].double())  # edges count as inside
+    assert ours.data_ptr() != labels.data_ptr()  # a new tensor, the input untouched
