@@ -17,6 +17,9 @@ Colour similarity
     (:func:`image_cells`: the cell's sample pixel ``(r s + s // 2, c s + s // 2)``, the pixel its
     ground-truth value is read from, lies in the unpadded image and above its removed bottom rows,
     ``MODEL.BOXINST.BOTTOM_PIXELS_REMOVED``) are 0.
+
+Both losses are computed in float32 whatever their inputs' dtype (float16 under CUDA's AMP): the
+pairwise sum runs over R x K x H x W pairs, far beyond float16's largest value (65504).
 """
 
 from __future__ import annotations
@@ -55,9 +58,15 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """
     c = rgb.to(torch.float32).clamp(0.0, 1.0)
     linear = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-    matrix = torch.tensor(_RGB_TO_XYZ, dtype=torch.float32, device=c.device)
-    xyz = torch.einsum("ij,njhw->nihw", matrix, linear)
-    xyz = xyz / torch.tensor(_WHITE_D65, dtype=torch.float32, device=c.device).view(1, 3, 1, 1)
+    # The matrix and the white as Python numbers: no tensor is copied to the device each step.
+    channels = linear.unbind(dim=1)
+    xyz = torch.stack(
+        [
+            sum(m * ch for m, ch in zip(row, channels, strict=True)) / white
+            for row, white in zip(_RGB_TO_XYZ, _WHITE_D65, strict=True)
+        ],
+        dim=1,
+    )
     delta = 6.0 / 29.0
     f = torch.where(xyz > delta**3, xyz.clamp(min=1e-12) ** (1.0 / 3.0), xyz / (3 * delta**2) + 4.0 / 29.0)
     fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
@@ -109,19 +118,22 @@ def image_cells(
 
     Returns:
         (N, H, W) bool: cell (r, c) is True when its sample pixel ``(r s + s // 2, c s + s // 2)`` (the
-        pixel point_sup.modeling.condinst_losses.mask_targets_at_stride reads) has row index
+        pixel point_sup.modeling.condinst_losses.mask_cells_at_stride reads) has row index
         ``< h - bottom_rows[i]`` and column index ``< w``.
     """
     height, width = map_size
+    if not image_sizes:
+        return torch.zeros((0, height, width), dtype=torch.bool, device=device)
     start = stride // 2
     rows = torch.arange(height, device=device) * stride + start
     cols = torch.arange(width, device=device) * stride + start
-    sizes = torch.tensor(image_sizes, device=device).reshape(-1, 2)
-    removed = torch.tensor(bottom_rows if bottom_rows is not None else [0] * len(image_sizes), device=device)
-    valid_height = sizes[:, 0] - removed.clamp(min=0)  # (N,): pixel rows from here down are outside
-    in_rows = rows[None, :, None] < valid_height[:, None, None]
-    in_cols = cols[None, None, :] < sizes[:, 1, None, None]
-    return in_rows & in_cols
+    removed = bottom_rows if bottom_rows is not None else [0] * len(image_sizes)
+    if len(removed) != len(image_sizes):
+        raise ValueError(f"{len(image_sizes)} image sizes but {len(removed)} bottom_rows")
+    # Compared with Python numbers per image: no tensor is copied from the host each step.
+    in_rows = torch.stack([rows < h - max(b, 0) for (h, _), b in zip(image_sizes, removed, strict=True)])
+    in_cols = torch.stack([cols < w for _, w in image_sizes])
+    return in_rows[:, :, None] & in_cols[:, None, :]
 
 
 def color_similarity(lab: torch.Tensor, valid: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
@@ -179,6 +191,9 @@ def pairwise_loss(
     Returns:
         Scalar: sum of ``-log P(same)`` over selected pairs / max(number of selected pairs, 1).
     """
+    # In float32 (AdelaiDet's weights are float32 too): -log P(same) of well-separated logits is below
+    # float16's resolution near 0, and the sum over R x K x H x W pairs exceeds its range.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     log_fg = F.logsigmoid(logits)
     log_bg = F.logsigmoid(-logits)
     terms = []

@@ -32,6 +32,16 @@ image's mask features plus its relative coordinates, at stride 8; the logits are
 Mask losses are named ``loss_mask`` (M, P_N) or ``loss_prj`` / ``loss_pairwise`` (B), next to FCOS's
 ``loss_fcos_cls`` / ``loss_fcos_loc`` / ``loss_fcos_ctr``.
 
+On a GPU the training step reads one number back from the device besides what Detectron2's FCOS
+losses read: the count of positive locations, which sizes the mask head's batch. The dice targets are
+sampled from the boolean masks on the device (condinst_losses.mask_cells_at_stride; the CondInst
+configs rasterize polygons in the data loader's workers), BoxInst's per-object top-k is one batched
+sort, and the kinds of a mixed batch weigh their losses instead of selecting instances. Under float16
+autocast (CUDA's AMP) the backbone, the heads and the generated dynamic heads run in float16; FCOS's
+losses, scores and boxes, the relative coordinates, the mask logits from the dynamic heads on and
+every mask loss run in float32 (CondInst's authors compute relative coordinates and BoxInst's weights
+in float32; the mask losses' sums over a COCO-sized map exceed float16's range).
+
 Inference: FCOS's scores ``sqrt(p_cls * p_ctr)`` above ``MODEL.FCOS.INFERENCE_TH_TEST`` (CondInst's
 configs threshold after the centerness, as Detectron2's FCOS does), the top ``PRE_NMS_TOPK_TEST`` per
 level, boxes clipped to the image, class-wise NMS, ``TEST.DETECTIONS_PER_IMAGE`` kept. Masks are the stride-4
@@ -78,8 +88,8 @@ from .condinst_losses import (
     box_cells_at_stride,
     box_masks_at_stride,
     dice_loss,
+    mask_cells_at_stride,
     mask_logits_to_image,
-    mask_targets_at_stride,
     point_logits_at_cells,
     point_logits_bilinear,
 )
@@ -101,6 +111,13 @@ logger = logging.getLogger(__name__)
 SUPERVISIONS = ("mask", "points", "boxes", "mixed")
 # MODEL.CONDINST.POINT_LOGITS: "cell" (paper footnote 2), "bilinear" (point_sup's option).
 POINT_LOGITS = ("cell", "bilinear")
+
+
+def _selected_mean(values: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` (R,) over the ``selected`` (R,) bool entries, 0 when none is: the others
+    weigh 0 instead of being selected on the host."""
+    weights = selected.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 @dataclass(frozen=True)
@@ -328,7 +345,12 @@ class PointSupCondInst(FCOS):
     # Shared
     # ----------------------------------------------------------------------------------------------
     def _mask_logits(self, mask_features: torch.Tensor, inst: _MaskInstances) -> torch.Tensor:
-        """(R, 1, H_o, W_o) logits at the mask output stride for the R instances."""
+        """(R, 1, H_o, W_o) float32 logits at the mask output stride for the R instances.
+
+        The generated heads run in the features' dtype (float16 under CUDA's AMP, as CondInst's
+        authors run them); their logits are upsampled and returned in float32: the mask losses sum
+        over every cell of a COCO-sized map (200 x 336 at stride 4), beyond float16's 65504.
+        """
         stride = self.mask_branch.stride
         rel = None
         if self.mask_head_layout.rel_coords:
@@ -336,7 +358,7 @@ class PointSupCondInst(FCOS):
                 inst.locations, inst.sizes_of_interest, tuple(mask_features.shape[-2:]), stride
             )
         logits = dynamic_mask_logits(mask_features, inst.image_index, inst.params, self.mask_head_layout, rel)
-        return upsample_logits(logits, stride // self.mask_out_stride)
+        return upsample_logits(logits.float(), stride // self.mask_out_stride)
 
     def _level_tensors(self, anchors: list[Boxes]) -> tuple[torch.Tensor, torch.Tensor]:
         """Anchor points (R_total, 2) and sizes of interest (R_total,) over all levels, in order."""
@@ -351,6 +373,12 @@ class PointSupCondInst(FCOS):
 
     # ----------------------------------------------------------------------------------------------
     # Training
+    #
+    # The step reads nothing back from the device but the one count that sizes the mask head's batch
+    # (``nonzero`` of the positive locations in _positive_instances; the number of mask instances it
+    # logs is that count): selections are weights or ``torch.where``, sizes and offsets are Python
+    # numbers from the ground truth's lengths. Detectron2's FCOS losses (``self.losses``) read their
+    # own.
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _match(self, anchors: list[Boxes], gt_instances: list[Instances]):
@@ -367,11 +395,9 @@ class PointSupCondInst(FCOS):
                 continue
             quality = self._match_anchors(inst.gt_boxes, anchors)  # (M, R), Detectron2's rule
             best, idx = quality.max(dim=0)
-            idx[best < 1e-5] = -1
+            idx = torch.where(best < 1e-5, -1, idx)
             safe = idx.clamp(min=0)
-            lab = inst.gt_classes[safe].clone()
-            lab[idx < 0] = self.num_classes
-            labels.append(lab)
+            labels.append(torch.where(idx < 0, self.num_classes, inst.gt_classes[safe]))
             boxes.append(inst.gt_boxes.tensor[safe])
             indices.append(idx)
         return labels, boxes, indices
@@ -405,11 +431,13 @@ class PointSupCondInst(FCOS):
         inst = self._positive_instances(anchors, gt_labels, gt_index, logits, ctrness, params)
         get_event_storage().put_scalar("condinst/num_mask_instances", float(len(inst.image_index)))
         mask_logits = self._mask_logits(mask_features, inst)
-        # Keeps every parameter in the graph when there is nothing to supervise (DDP needs it).
+        # Keeps every parameter in the graph when there is nothing to supervise (DDP needs it). Summed
+        # in float32: under float16 autocast a sum over every cell of every level would overflow, and
+        # inf * 0 is NaN.
         zero = (
             mask_logits.sum() * 0.0
-            + mask_features.sum() * 0.0
-            + torch.cat([p.flatten() for p in params]).sum() * 0.0
+            + mask_features.float().sum() * 0.0
+            + sum(p.float().sum() for p in params) * 0.0
         )
         if self.supervision == "mask":
             losses["loss_mask"] = self._dice_loss(mask_logits, inst, gt_instances, images) + zero
@@ -428,6 +456,7 @@ class PointSupCondInst(FCOS):
         centers, soi = self._level_tensors(anchors)
         labels = torch.stack(gt_labels)  # (N, R_total)
         positive = (labels >= 0) & (labels != self.num_classes)
+        gt_index_all = torch.stack(gt_index)  # (N, R_total)
         params_all = torch.cat(params, dim=1)  # (N, R_total, P)
         if self.topk_proposals_per_image > 0:
             with torch.no_grad():
@@ -435,7 +464,8 @@ class PointSupCondInst(FCOS):
                     torch.cat(logits, dim=1).sigmoid().amax(dim=2)
                     * torch.cat(ctrness, dim=1).sigmoid()[..., 0]
                 )
-            positive = self._topk_per_object(positive, torch.stack(gt_index), score)
+            positive = self._topk_per_object(positive, gt_index_all, score)
+        # The step's one read from the device: how many instances the mask head runs on.
         image_index, anchor_index = positive.nonzero(as_tuple=True)
         if self.max_proposals >= 0 and len(image_index) > self.max_proposals:
             keep = torch.randperm(len(image_index), device=image_index.device)[: self.max_proposals]
@@ -445,13 +475,20 @@ class PointSupCondInst(FCOS):
             params=params_all[image_index, anchor_index],
             locations=centers[anchor_index],
             sizes_of_interest=soi[anchor_index],
-            gt_index=torch.stack(gt_index)[image_index, anchor_index],
+            gt_index=gt_index_all[image_index, anchor_index],
         )
 
     def _mixed_losses(
         self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList, bottom_rows=None
     ) -> dict:
-        """Per-kind losses of a mixed batch (point_sup.modeling.mixed_loss), each on its own instances."""
+        """Per-kind losses of a mixed batch (point_sup.modeling.mixed_loss), each on its own instances.
+
+        Every kind's loss runs on all R instances with the others weighted 0 (the dice and projection
+        terms: the mean over the kind's instances; the point loss: the other instances' points are
+        padding; the pairwise term: the other instances' cells are outside the box), which is the loss
+        of the kind's instances alone without selecting them on the host. The kind weights
+        (point_sup.modeling.mixed_loss.kind_weights) are computed on the device from device counts.
+        """
         kinds = (
             self._per_instance(inst, [gt.gt_supervision for gt in gt_instances])
             if len(inst.image_index)
@@ -460,15 +497,13 @@ class PointSupCondInst(FCOS):
         rows = [kinds == Supervision.MASK, kinds == Supervision.POINTS]
         if self.mixed_box_losses:
             rows.append(kinds == Supervision.BOX)
-        weights = kind_weights([int(r.sum()) for r in rows], self.mixed_weighting)
-        losses = {
-            "loss_mask": weights[0]
-            * self._dice_loss(mask_logits[rows[0]], inst.select(rows[0]), gt_instances, images)
-            + weights[1] * self._point_loss(mask_logits[rows[1]], inst.select(rows[1]), gt_instances)
-        }
+        weights = kind_weights(torch.stack([r.sum() for r in rows]), self.mixed_weighting)
+        dice = self._dice_loss(mask_logits, inst, gt_instances, images, selected=rows[0])
+        point = self._point_loss(mask_logits, inst, gt_instances, selected=rows[1])
+        losses = {"loss_mask": weights[0] * dice + weights[1] * point}
         if self.mixed_box_losses:
             prj, pairwise = self._box_losses(
-                mask_logits[rows[2]], inst.select(rows[2]), gt_instances, images, bottom_rows
+                mask_logits, inst, gt_instances, images, bottom_rows, selected=rows[2]
             )
             losses["loss_prj"] = weights[2] * prj
             losses["loss_pairwise"] = weights[2] * pairwise
@@ -478,35 +513,67 @@ class PointSupCondInst(FCOS):
         self, positive: torch.Tensor, gt_index: torch.Tensor, score: torch.Tensor
     ) -> torch.Tensor:
         """BoxInst's TOPK_PROPOSALS_PER_IM: per image, for each object, the ``k // #objects`` (at least
-        one) positive locations with the highest ``max_class p_cls * p_ctr``."""
-        kept = torch.zeros_like(positive)
-        for i in range(positive.shape[0]):
-            objects = gt_index[i][positive[i]].unique()
-            if len(objects) == 0:
-                continue
-            per_object = max(self.topk_proposals_per_image // len(objects), 1)
-            for obj in objects:
-                where = (positive[i] & (gt_index[i] == obj)).nonzero(as_tuple=True)[0]
-                best = score[i, where].topk(min(per_object, len(where))).indices
-                kept[i, where[best]] = True
-        return kept
+        one) positive locations with the highest ``max_class p_cls * p_ctr``; #objects counts the
+        objects of the image with a positive location.
+
+        One batched computation on the device, no per-object loop and no read to the host: within
+        each image, the locations are ordered by object, then by score (highest first); a location's
+        rank within its object is its position minus its object's first position, and it is kept
+        when the rank is below its image's quota. Equal scores: the lower location index (levels in
+        order, row-major within a level) ranks first (both sorts are stable).
+
+        Args:
+            positive: (N, R_total) bool, the positive locations.
+            gt_index: (N, R_total) int64, each location's object in its image (any value where not
+                positive).
+            score: (N, R_total) floating, the ranking score.
+
+        Returns:
+            (N, R_total) bool, the kept positive locations.
+        """
+        # Not positive: object -1, sorted before every object and never kept.
+        objects = torch.where(positive, gt_index, -1)
+        by_score = score.argsort(dim=1, descending=True, stable=True)
+        by_object = objects.gather(1, by_score).argsort(dim=1, stable=True)
+        order = by_score.gather(1, by_object)  # (N, R_total): by object, then by score, then by index
+        grouped = objects.gather(1, order)  # non-decreasing in each row
+        first = torch.searchsorted(grouped, grouped)  # each object's first position in its row
+        rank = torch.arange(grouped.shape[1], device=grouped.device) - first
+        num_objects = ((rank == 0) & (grouped >= 0)).sum(dim=1, keepdim=True)  # (N, 1)
+        quota = (self.topk_proposals_per_image // num_objects.clamp(min=1)).clamp(min=1)
+        keep = (grouped >= 0) & (rank < quota)
+        return torch.zeros_like(positive).scatter(1, order, keep)
 
     @staticmethod
     def _per_instance(inst: _MaskInstances, per_image: list[torch.Tensor]) -> torch.Tensor:
         """Row ``gt_index`` of the image of each instance, from per-image tensors (G_i, ...)."""
-        counts = torch.tensor([len(t) for t in per_image], device=inst.gt_index.device)
-        offsets = counts.cumsum(0) - counts
-        return torch.cat(per_image)[offsets[inst.image_index] + inst.gt_index]
+        # Each image's offset in the concatenation is a Python number (its predecessors' lengths):
+        # no tensor is made from a list on the device.
+        flat = inst.gt_index
+        for i, rows in enumerate(per_image[:-1]):
+            if len(rows):
+                flat = flat + (inst.image_index > i) * len(rows)
+        return torch.cat(per_image)[flat]
 
-    def _dice_loss(self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList) -> torch.Tensor:
+    def _dice_loss(
+        self,
+        mask_logits,
+        inst: _MaskInstances,
+        gt_instances,
+        images: ImageList,
+        selected: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """CondInst's dice loss averaged over the instances, or over the ``selected`` ones ((R,) bool;
+        the others weigh 0)."""
         if len(inst.image_index) == 0:
             return mask_logits.sum() * 0.0
         map_size = tuple(mask_logits.shape[-2:])
+        device = mask_logits.device
         targets = []
         for gt, image_size in zip(gt_instances, images.image_sizes, strict=True):
             if len(gt) and not gt.has("gt_masks") and self.supervision == "mixed":
                 # No mask-supervised object in this image: no row of the target is read.
-                targets.append(torch.zeros((len(gt), *map_size)))
+                targets.append(torch.zeros((len(gt), *map_size), dtype=torch.bool, device=device))
                 continue
             if len(gt) and not gt.has("gt_masks"):
                 raise ValueError(
@@ -515,14 +582,18 @@ class PointSupCondInst(FCOS):
                 )
             if len(gt):
                 targets.append(
-                    mask_targets_at_stride(gt.gt_masks, image_size, map_size, self.mask_out_stride)
+                    mask_cells_at_stride(gt.gt_masks, image_size, map_size, self.mask_out_stride, device)
                 )
             else:
-                targets.append(torch.zeros((0, *map_size)))
-        target = self._per_instance(inst, [t.to(mask_logits.device) for t in targets])
-        return dice_loss(mask_logits.sigmoid()[:, 0], target).mean()
+                targets.append(torch.zeros((0, *map_size), dtype=torch.bool, device=device))
+        losses = dice_loss(mask_logits.sigmoid()[:, 0], self._per_instance(inst, targets))
+        return losses.mean() if selected is None else _selected_mean(losses, selected)
 
-    def _point_loss(self, mask_logits, inst: _MaskInstances, gt_instances) -> torch.Tensor:
+    def _point_loss(
+        self, mask_logits, inst: _MaskInstances, gt_instances, selected: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Footnote 2's point loss of the instances, or of the ``selected`` ones ((R,) bool: the
+        others' points count as padding, so that they are neither supervised nor counted)."""
         if len(inst.image_index) == 0:
             return mask_logits.sum() * 0.0
         num_points = max(gt.gt_point_coords.shape[1] for gt in gt_instances)
@@ -542,6 +613,8 @@ class PointSupCondInst(FCOS):
         )
         boxes = self._per_instance(inst, [gt.gt_boxes.tensor for gt in gt_instances])
         labels = ignore_points_outside_boxes(get_point_coords_wrt_box(boxes, coords), labels)
+        if selected is not None:
+            labels = torch.where(selected[:, None], labels, PADDING_LABEL)
         read = point_logits_at_cells if self.point_logits == "cell" else point_logits_bilinear
         point_logits = read(mask_logits, coords, self.mask_out_stride)
         return point_bce_loss(
@@ -549,8 +622,16 @@ class PointSupCondInst(FCOS):
         )
 
     def _box_losses(
-        self, mask_logits, inst: _MaskInstances, gt_instances, images: ImageList, bottom_rows=None
+        self,
+        mask_logits,
+        inst: _MaskInstances,
+        gt_instances,
+        images: ImageList,
+        bottom_rows=None,
+        selected: torch.Tensor | None = None,
     ):
+        """BoxInst's projection term (averaged over the instances, or the ``selected`` ones, (R,)
+        bool) and its pairwise term (averaged over the selected pairs of those instances), warmed up."""
         if len(inst.image_index) == 0:
             zero = mask_logits.sum() * 0.0
             return zero, zero
@@ -558,7 +639,13 @@ class PointSupCondInst(FCOS):
         boxes = self._per_instance(inst, [gt.gt_boxes.tensor for gt in gt_instances])
         box_masks = box_masks_at_stride(boxes, map_size, self.mask_out_stride)
         logits = mask_logits[:, 0]
-        prj = projection_loss(logits.sigmoid(), box_masks).mean()
+        projection = projection_loss(logits.sigmoid(), box_masks)
+        if selected is None:
+            prj = projection.mean()
+        else:
+            prj = _selected_mean(projection, selected)
+            # An instance that is not selected has no cell in its box: none of its pairs is averaged.
+            box_masks = box_masks * selected[:, None, None].to(box_masks.dtype)
         with torch.no_grad():
             similarity = self._image_color_similarity(images, map_size, bottom_rows)[inst.image_index]
         pairwise = pairwise_loss(
@@ -668,6 +755,7 @@ class PointSupCondInst(FCOS):
         logits, _, ctrness, params = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4, 1, self.mask_head_layout.num_params]
         )
+        logits, ctrness = [t.float() for t in logits], [t.float() for t in ctrness]  # as forward_inference
         anchors = self.anchor_generator(features)
         centers, soi = self._level_tensors(anchors)
         mask_features = self.mask_branch(dict(zip(self.head_in_features, features, strict=True)))
@@ -717,6 +805,9 @@ class PointSupCondInst(FCOS):
         logits, deltas, ctrness, params = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4, 1, self.mask_head_layout.num_params]
         )
+        # Scores and boxes in float32 (a no-op without autocast): float16 box decoding would round
+        # coordinates beyond 1024 to whole pixels.
+        logits, deltas, ctrness = ([t.float() for t in x] for x in (logits, deltas, ctrness))
         anchors = self.anchor_generator(features)
         mask_features = self.mask_branch(dict(zip(self.head_in_features, features, strict=True)))
         centers, soi = self._level_tensors(anchors)

@@ -85,10 +85,15 @@ def relative_coordinates(
         stride: of the map, in input pixels.
 
     Returns:
-        (R, 2, H, W): ``(location - cell centre) / size_of_interest`` as (x, y) channels.
+        (R, 2, H, W): ``(location - cell centre) / size_of_interest`` as (x, y) channels, float32 (or
+        float64 for float64 locations): computed in float32 as CondInst's authors do, since float16
+        holds input coordinates beyond 1024 only to whole pixels (the caller casts the result to
+        its features' dtype, values of magnitude ~10).
     """
     height, width = map_size
-    device, dtype = instance_locations.device, instance_locations.dtype
+    device = instance_locations.device
+    dtype = torch.promote_types(instance_locations.dtype, torch.float32)
+    instance_locations = instance_locations.to(dtype)
     xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) * stride
     ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) * stride
     dx = instance_locations[:, 0, None] - xs[None, :]  # (R, W)

@@ -319,7 +319,12 @@ CONDINST_ARCH = {
     "MODEL.META_ARCHITECTURE": (
         "PointSupCondInst",
         "point_sup's CondInst on Detectron2's FCOS (AdelaiDet's is named CondInst)",
-    )
+    ),
+    "INPUT.MASK_FORMAT": (
+        "bitmask",
+        "the same targets (transformed polygons rasterized at the input size), but in the loader's workers, "
+        "not in the training step (AdelaiDet rasterizes in the model)",
+    ),
 }
 CONDINST_P10 = {
     "INPUT.POINT_SUP": (True, "Table 3b: CondInst from P10"),

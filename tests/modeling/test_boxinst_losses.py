@@ -104,3 +104,22 @@ def test_image_cells_are_those_whose_sample_pixel_is_in_the_image_above_the_remo
     # (10, 13): 13 = 4 * 3 + 1 covers column 3 by one pixel but not its sample pixel 14
     assert got[0].sum() == 2 * 3
     torch.testing.assert_close(image_cells(sizes, (4, 4), 4), image_cells(sizes, (4, 4), 4, [0, 0, 0]))
+
+
+def test_pairwise_loss_of_float16_logits_is_float32s_over_a_coco_sized_map():
+    """Float16 logits (the generated heads under CUDA's AMP) over a 200 x 336 map: the terms are
+    summed over 4 x 8 x 67200 pairs, far beyond float16's range, and -log P(same) of confident
+    neighbours is below its resolution near 0; the loss is float32's of the same float16 values."""
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(4, 200, 336, generator=g) * 6).half()
+    offsets = neighbour_offsets(3, 2)
+    similarity = torch.rand(4, len(offsets), 200, 336, generator=g)
+    box_masks = torch.zeros(4, 200, 336)
+    box_masks[:, 20:180, 30:300] = 1
+    got = pairwise_loss(logits, similarity, box_masks, offsets, 0.3)
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    expected = pairwise_loss(logits.float(), similarity, box_masks, offsets, 0.3)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    probs = projection_loss(logits.sigmoid(), box_masks)
+    assert probs.dtype == torch.float32
+    torch.testing.assert_close(probs, projection_loss(logits.sigmoid().float(), box_masks), rtol=0, atol=0)

@@ -75,3 +75,15 @@ def test_dynamic_head_without_relative_coordinates():
     torch.testing.assert_close(out[0, 0], expected)
     with pytest.raises(ValueError, match="rel_coords"):
         dynamic_mask_logits(features, torch.tensor([0]), params, layout, torch.zeros(1, 2, 2, 2))
+
+
+def test_relative_coordinates_of_float16_locations_are_computed_in_float32():
+    """Locations cast to float16 (under autocast) keep whole pixels beyond 1024; the offsets to the
+    cell centres are computed in float32 from those values, as from float32 locations."""
+    locations = torch.tensor([[1300.0, 700.0], [1025.0, 3.0]])
+    soi = torch.tensor([64.0, 512.0])
+    got = relative_coordinates(locations.half(), soi.half(), (200, 336), 4)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, relative_coordinates(locations, soi, (200, 336), 4), rtol=0, atol=0)
+    # cell (r, c) centre ((c + 0.5) * 4, (r + 0.5) * 4): cell (0, 336 - 1) of the first instance
+    assert got[0, 0, 0, 335].item() == (1300.0 - 1342.0) / 64.0
