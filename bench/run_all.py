@@ -17,6 +17,11 @@ Each benchmark prints ratios against a baseline measured in the same run (see it
   detections per image, every mask head; point-loss head vs standard, Implicit PointRend vs PointRend
 * bench_evaluation.py         - COCO box/mask AP with faster-coco-eval's COCOeval vs pycocotools'
   (5,000 images x 100 detections), and the whole evaluator call
+* bench_host_syncs.py         - host-device synchronisations per training step, every shipped COCO R50
+  config vs Detectron2's Mask R-CNN (limit: + 25)
+* bench_pseudo_masks.py       - tools/generate_pseudo_masks.py images/s, default batch vs batch 1
+(bench/gpu_acceptance.py, the GPU acceptance of every COCO R50 config, runs on its own:
+docs/gpu_acceptance.md.)
 
 ``--quick`` shrinks each run (fewer instances/repeats) for a smoke test. The accuracy study is
 separate and long: ``bench/miniature_replication.py``.
@@ -48,6 +53,8 @@ def benchmarks(device: str, quick: bool) -> list[list[str]]:
             *(["--iters", "1", "--warmup", "1", "--size", "256", "384"] if quick else []),
         ],
         ["bench_evaluation.py", *(["--images", "200", "--dets", "20"] if quick else [])],
+        ["bench_host_syncs.py", *gpu],
+        ["bench_pseudo_masks.py", *(["--repeats", "1"] if quick else [])],
     ]
 
 

@@ -32,7 +32,7 @@ import os
 from pathlib import Path
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import launch
@@ -41,9 +41,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import point_sup  # noqa: F401  (registers point_sup's heads and datasets)
-from point_sup import add_point_sup_config, register_coco_instances_with_points
 from point_sup.data import register_point_datasets
 from point_sup.data.catalog import catalog_image_root
+from point_sup.engine import cli
+from point_sup.engine.experiment import ConfigError, checked_config, load_config
 from point_sup.engine.pseudo_masks import predict_pseudo_masks, pseudo_mask_coco_dict
 from point_sup_labels.coco_format import dumps_json
 from point_sup_labels.file_io import atomic_write_bytes, probe_writable
@@ -71,13 +72,7 @@ def argument_parser() -> argparse.ArgumentParser:
         help=f"images per model call in each process (default {DEFAULT_BATCH_SIZE}; GPUs: 4-8, "
         "lower it if memory is short); the output does not depend on it",
     )
-    parser.add_argument(
-        "--register",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset (P_N points and/or masks) under NAME; repeatable",
-    )
+    cli.add_register_argument(parser)
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU)")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument(
@@ -95,20 +90,13 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def register_datasets(args: argparse.Namespace) -> None:
     """``--register`` datasets and the P_N names of the scheme (``coco_2017_train_p10``, ...)."""
-    for name, json_file, image_root in args.register or []:
-        if name in DatasetCatalog.list():  # main() may run twice in one process (tests, notebooks)
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances_with_points(name, {}, json_file, image_root)
+    cli.register_datasets(args.register)
     register_point_datasets([args.dataset])
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """The frozen config: Detectron2's defaults, point_sup's keys, the file, then the overrides."""
-    cfg = get_cfg()
-    add_point_sup_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     return cfg
 
@@ -127,28 +115,16 @@ def input_error(args: argparse.Namespace) -> str | None:
     """Why the run cannot start, or None: checked once before any process starts or anything is
     written, so that a mistake is one message rather than a traceback from every process after a
     model was built. Registers the datasets (in this process)."""
-    import yaml
-
     if args.batch_size < 1:
         return f"--batch-size must be at least 1, got {args.batch_size}"
     if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
         return "--num-gpus and --num-machines must be at least 1, and 0 <= --machine-rank < --num-machines"
     if args.num_machines > 1 and not args.dist_url:
         return "--dist-url tcp://HOST:PORT (machine 0's address) is required with --num-machines > 1"
-    where = f"config file {args.config_file!r}"
     try:
-        cfg = add_point_sup_config(get_cfg())
-        cfg.merge_from_file(args.config_file)
-        where = "the command-line overrides"
-        cfg.merge_from_list(args.opts)
-    except AssertionError as e:  # Detectron2's "Config file ... does not exist!", also of a _BASE_
-        return f"{where}: {e}"
-    except FileNotFoundError as e:
-        return f"{where}: cannot read {e.filename or e}"
-    except yaml.YAMLError as e:
-        return f"{where} is not valid YAML: {' '.join(str(e).split())}"
-    except (KeyError, ValueError, TypeError) as e:
-        return f"{where}: {e.args[0] if e.args else e}"
+        cfg = checked_config(args.config_file, args.opts)
+    except ConfigError as e:
+        return str(e)
     weights = cfg.MODEL.WEIGHTS
     if not weights:
         return "MODEL.WEIGHTS is empty: give the point-trained model (MODEL.WEIGHTS path/to/model_final.pth)"

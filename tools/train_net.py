@@ -21,14 +21,14 @@ import argparse
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 
 import point_sup  # noqa: F401  (registers point_sup's heads, datasets and mapper)
-from point_sup import add_point_sup_config, register_coco_instances_with_points
+from point_sup import add_point_sup_config
 from point_sup.data import register_point_datasets
-from point_sup.engine import PointSupTrainer
+from point_sup.engine import PointSupTrainer, cli
+from point_sup.engine.experiment import ConfigError, checked_config
 from point_sup.engine.test_time_augmentation import tta_config_error
 
 
@@ -51,11 +51,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 def register_datasets(args: argparse.Namespace) -> None:
     """``--register NAME JSON IMAGE_ROOT``: COCO-format files (points and/or masks) of the user's own."""
-    for name, json_file, image_root in getattr(args, "register", None) or []:
-        if name in DatasetCatalog.list():  # main() may run twice in one process (tests, notebooks)
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances_with_points(name, {}, json_file, image_root)
+    cli.register_datasets(getattr(args, "register", None))
 
 
 def main(args: argparse.Namespace):
@@ -81,13 +77,7 @@ def main(args: argparse.Namespace):
 def argument_parser() -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` plus ``--register``."""
     parser = default_argument_parser(epilog=__doc__)
-    parser.add_argument(
-        "--register",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset (P_N points and/or masks) under NAME; repeatable",
-    )
+    cli.add_register_argument(parser)
     return parser
 
 
@@ -98,27 +88,10 @@ def config_error(args: argparse.Namespace) -> str | None:
     Run once before :func:`launch`, so that a mistake is one message naming the file or key, not a
     Detectron2 traceback from every worker process.
     """
-    import yaml
-
-    cfg = add_point_sup_config(get_cfg())
-    where = f"config file {args.config_file!r}"
     try:
-        if not args.config_file:
-            return "--config-file is required"
-        try:
-            cfg.merge_from_file(args.config_file)
-        except AssertionError as e:  # Detectron2's "Config file ... does not exist!", also of a _BASE_
-            return f"{where}: {e}"
-        except FileNotFoundError as e:
-            return f"{where}: cannot read {e.filename or e}"
-        except yaml.YAMLError as e:
-            return f"{where} is not valid YAML: {e}"
-        except (KeyError, ValueError, TypeError) as e:
-            return f"{where} (or a _BASE_ file it names): {e.args[0] if e.args else e}"
-        where = "the command-line overrides"
-        cfg.merge_from_list(args.opts)
-    except (KeyError, ValueError, TypeError, AssertionError) as e:
-        return f"{where}: {e.args[0] if e.args else e}"
+        cfg = checked_config(args.config_file, args.opts)
+    except ConfigError as e:
+        return str(e)
     return tta_config_error(cfg)
 
 

@@ -17,7 +17,7 @@ from detectron2.utils.env import seed_all_rng
 from ..config import add_point_sup_config
 from .trainer import PointSupTrainer
 
-__all__ = ["load_config", "train_and_evaluate"]
+__all__ = ["ConfigError", "checked_config", "load_config", "train_and_evaluate"]
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,41 @@ def load_config(config_file: str, overrides: Sequence = ()) -> CfgNode:
     add_point_sup_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(overrides))
+    return cfg
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be read; the message names the file or the overrides."""
+
+
+def checked_config(config_file: str, overrides: Sequence = ()) -> CfgNode:
+    """:func:`load_config`, with every way it can fail (no file, a missing ``_BASE_``, invalid YAML,
+    an unknown key, a bad value, an odd override list) turned into one :class:`ConfigError`. The
+    command-line tools call it once before Detectron2's ``launch``, so that a mistake is one line,
+    not a traceback from every process."""
+    import yaml
+
+    if not config_file:
+        raise ConfigError("--config-file is required")
+    cfg = add_point_sup_config(get_cfg())
+    where = f"config file {config_file!r}"
+    try:
+        try:
+            cfg.merge_from_file(config_file)
+        except AssertionError as e:  # Detectron2's "Config file ... does not exist!", also of a _BASE_
+            raise ConfigError(f"{where}: {e}") from None
+        except FileNotFoundError as e:
+            raise ConfigError(f"{where}: cannot read {e.filename or e}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+        except (KeyError, ValueError, TypeError) as e:
+            raise ConfigError(f"{where} (or a _BASE_ file it names): {e.args[0] if e.args else e}") from None
+        where = "the command-line overrides"
+        cfg.merge_from_list(list(overrides))
+    except ConfigError:
+        raise
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        raise ConfigError(f"{where}: {e.args[0] if e.args else e}") from None
     return cfg
 
 

@@ -31,7 +31,6 @@ __all__ = [
     "dice_loss",
     "mask_cells_at_stride",
     "mask_logits_to_image",
-    "mask_targets_at_stride",
     "point_logits_at_cells",
     "point_logits_bilinear",
 ]
@@ -92,17 +91,6 @@ def mask_cells_at_stride(
     sampled = masks[:, start::stride, start::stride][:, :height, :width]
     cells = F.pad(sampled, (0, width - sampled.shape[2], 0, height - sampled.shape[1])).to(torch.bool)
     return cells if device is None else cells.to(device)
-
-
-def mask_targets_at_stride(
-    gt_masks: BitMasks | PolygonMasks,
-    image_size: tuple[int, int],
-    map_size: tuple[int, int],
-    stride: int,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """:func:`mask_cells_at_stride` as float32 {0, 1} (CondInst's dice targets): (G, H, W)."""
-    return mask_cells_at_stride(gt_masks, image_size, map_size, stride, device).to(torch.float32)
 
 
 def box_masks_at_stride(boxes: torch.Tensor, map_size: tuple[int, int], stride: int) -> torch.Tensor:

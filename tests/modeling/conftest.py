@@ -15,11 +15,13 @@ from point_sup import add_point_sup_config
 from point_sup.modeling.point_features import get_point_coords_wrt_image
 
 
-def tiny_rcnn_cfg(mask_head: str, num_classes: int = 3) -> CfgNode:
+def tiny_rcnn_cfg(mask_head: str, num_classes: int = 3, *, own_pooling: bool = False) -> CfgNode:
     """A Mask R-CNN R18-FPN config small enough for a CPU training step in well under a second.
 
     GroupNorm instead of frozen BatchNorm because there are no pretrained weights here (see
-    /work/shared/notes/environment.md); channel widths are cut to keep the step cheap.
+    /work/shared/notes/environment.md); channel widths are cut to keep the step cheap. With
+    ``own_pooling`` (PointRend's and Implicit PointRend's heads, which pool their own features) the
+    mask head gets no pooler, p2-p3 and narrower widths.
     """
     cfg = add_point_sup_config(get_cfg())
     cfg.MODEL.DEVICE = "cpu"
@@ -57,6 +59,13 @@ def tiny_rcnn_cfg(mask_head: str, num_classes: int = 3) -> CfgNode:
     cfg.INPUT.MAX_SIZE_TRAIN = 128
     cfg.INPUT.MIN_SIZE_TEST = 128
     cfg.INPUT.MAX_SIZE_TEST = 128
+    if own_pooling:
+        cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
+        cfg.MODEL.ROI_MASK_HEAD.IN_FEATURES = ("p2", "p3")
+        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 8
+        cfg.MODEL.ROI_MASK_HEAD.FC_DIM = 32
+        cfg.MODEL.POINT_HEAD.FC_DIM = 16
+        cfg.MODEL.POINT_HEAD.TRAIN_NUM_POINTS = 49
     return cfg
 
 

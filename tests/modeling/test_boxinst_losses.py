@@ -99,7 +99,7 @@ def test_image_cells_are_those_whose_sample_pixel_is_in_the_image_above_the_remo
     for i, (h, w) in enumerate(sizes):
         for r in range(4):
             for c in range(4):
-                y, x = 4 * r + 2, 4 * c + 2  # the pixel mask_targets_at_stride reads
+                y, x = 4 * r + 2, 4 * c + 2  # the pixel mask_cells_at_stride reads
                 assert got[i, r, c] == (y < h - max(bottom[i], 0) and x < w), (i, r, c)
     # (10, 13): 13 = 4 * 3 + 1 covers column 3 by one pixel but not its sample pixel 14
     assert got[0].sum() == 2 * 3

@@ -14,7 +14,6 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
-from host_syncs import count_host_syncs
 
 from point_sup import add_point_sup_config
 from point_sup.data.mixed_supervision import Supervision
@@ -24,6 +23,7 @@ from point_sup.modeling.condinst_losses import (
     dice_loss,
     mask_logits_to_image,
 )
+from point_sup.utils.host_syncs import count_host_syncs
 
 ROOT = Path(__file__).resolve().parents[2]
 

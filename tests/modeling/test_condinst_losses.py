@@ -12,7 +12,6 @@ from point_sup.modeling.condinst_losses import (
     dice_loss,
     mask_cells_at_stride,
     mask_logits_to_image,
-    mask_targets_at_stride,
     point_logits_at_cells,
     point_logits_bilinear,
 )
@@ -32,13 +31,13 @@ def test_mask_targets_sample_the_pixel_at_each_cells_centre():
     masks[0, 2, 6] = True  # cell (0, 1) of stride 4 reads pixel (2, 6)
     masks[0, 3, 7] = True  # not a sampled pixel
     masks[0, 9, 10] = True  # cell (2, 2) reads (10, 10): outside the image (padding) -> 0
-    targets = mask_targets_at_stride(BitMasks(masks), (10, 13), (3, 4), 4)
+    targets = mask_cells_at_stride(BitMasks(masks), (10, 13), (3, 4), 4).float()
     expected = torch.zeros(1, 3, 4)
     expected[0, 0, 1] = 1
     torch.testing.assert_close(targets, expected)
     # polygons are rasterized at the image size first
     poly = PolygonMasks([[np.array([4.0, 0.0, 12.0, 0.0, 12.0, 8.0, 4.0, 8.0])]])
-    targets = mask_targets_at_stride(poly, (10, 13), (3, 4), 4)
+    targets = mask_cells_at_stride(poly, (10, 13), (3, 4), 4)
     assert targets[0, 0, 1] == 1 and targets[0, 1, 2] == 1 and targets[0, 0, 0] == 0 and targets[0, 2, 1] == 0
 
 
@@ -75,10 +74,8 @@ def test_mask_targets_of_real_nuclei_equal_the_full_resolution_computation(
     masks = torch.from_numpy(tile.masks[:, :h, :w].copy())
     assert masks.any(dim=(1, 2)).sum() >= 1
     expected = _dense_targets(masks, map_size, stride)
-    targets = mask_targets_at_stride(BitMasks(masks), (h, w), map_size, stride)
-    assert targets.dtype == torch.float32 and torch.equal(targets, expected)
     cells = mask_cells_at_stride(BitMasks(masks), (h, w), map_size, stride)
-    assert cells.dtype == torch.bool and torch.equal(cells, expected.bool())
+    assert cells.dtype == torch.bool and torch.equal(cells.float(), expected)
 
 
 def test_mask_targets_of_polygons_equal_those_of_the_loaders_bit_masks(nuclei_datasets):
@@ -102,8 +99,8 @@ def test_mask_targets_of_polygons_equal_those_of_the_loaders_bit_masks(nuclei_da
     for map_size, stride in (((48, 64), 4), ((25, 33), 8)):
         expected = _dense_targets(bits.tensor, map_size, stride)
         assert expected.sum() > 0
-        assert torch.equal(mask_targets_at_stride(poly, (h, w), map_size, stride), expected)
-        assert torch.equal(mask_targets_at_stride(bits, (h, w), map_size, stride), expected)
+        assert torch.equal(mask_cells_at_stride(poly, (h, w), map_size, stride).float(), expected)
+        assert torch.equal(mask_cells_at_stride(bits, (h, w), map_size, stride).float(), expected)
 
 
 def test_dice_loss_in_float16_is_float32s_over_a_coco_sized_map():

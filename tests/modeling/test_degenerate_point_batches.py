@@ -35,16 +35,9 @@ BATCHES = ("no_points", "outside_boxes", "zero_and_ten")
 
 def _head(tiny_cfg, name: str, mixed: bool):
     registered, overrides = HEADS[name]
-    cfg = tiny_cfg(registered, num_classes=NUM_CLASSES)
+    cfg = tiny_cfg(registered, num_classes=NUM_CLASSES, own_pooling=name != "mask_rcnn")
     cfg.INPUT.POINT_SUP = not mixed
     cfg.MODEL.MIXED_SUP.ENABLED = mixed
-    if name != "mask_rcnn":
-        cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
-        cfg.MODEL.ROI_MASK_HEAD.IN_FEATURES = ("p2", "p3")
-        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 8
-        cfg.MODEL.ROI_MASK_HEAD.FC_DIM = 32
-        cfg.MODEL.POINT_HEAD.FC_DIM = 16
-        cfg.MODEL.POINT_HEAD.TRAIN_NUM_POINTS = 49
     cfg.MODEL.ROI_MASK_HEAD.POINT_HEAD_ON = overrides.get("POINT_HEAD_ON", False)
     cfg.MODEL.IMPLICIT_POINTREND.PARAMS_RANK = overrides.get("PARAMS_RANK", 0)
     shape = ShapeSpec(channels=8, height=14, width=14) if name == "mask_rcnn" else FEATURE_SHAPES

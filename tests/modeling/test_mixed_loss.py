@@ -14,12 +14,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_MASK_HEAD_REGISTRY
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
-from host_syncs import count_host_syncs
 
 from point_sup.data.mixed_supervision import Supervision
 from point_sup.modeling.mixed_loss import drop_box_only, kind_weights, nonzero_rows, split_by_supervision
 from point_sup.modeling.point_features import get_point_coords_wrt_image
 from point_sup.modeling.point_loss import mask_labels_at_points
+from point_sup.utils.host_syncs import count_host_syncs
 
 MASK_RCNN = "PointSupMaskRCNNConvUpsampleHead"
 POINT_REND = "PointSupPointRendMaskHead"
@@ -33,16 +33,9 @@ MIX = ([M, P, B, P], [B, M, P])  # per image: 2 mask, 3 point, 2 box-only propos
 
 
 def _cfg(tiny_cfg, head: str, mode: str):
-    cfg = tiny_cfg(head, num_classes=NUM_CLASSES)
+    cfg = tiny_cfg(head, num_classes=NUM_CLASSES, own_pooling=head != MASK_RCNN)
     cfg.INPUT.POINT_SUP = mode == "points"
     cfg.MODEL.MIXED_SUP.ENABLED = mode == "mixed"
-    if head != MASK_RCNN:
-        cfg.MODEL.ROI_MASK_HEAD.POOLER_TYPE = ""
-        cfg.MODEL.ROI_MASK_HEAD.IN_FEATURES = ("p2", "p3")
-        cfg.MODEL.ROI_MASK_HEAD.CONV_DIM = 8
-        cfg.MODEL.ROI_MASK_HEAD.FC_DIM = 32
-        cfg.MODEL.POINT_HEAD.FC_DIM = 16
-        cfg.MODEL.POINT_HEAD.TRAIN_NUM_POINTS = 49
     if head == POINT_REND:
         cfg.MODEL.ROI_MASK_HEAD.POINT_HEAD_ON = True
     return cfg

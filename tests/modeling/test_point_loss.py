@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
-from host_syncs import count_host_syncs
 
 from point_sup.modeling.point_features import point_sample
 from point_sup.modeling.point_loss import (
@@ -19,6 +18,7 @@ from point_sup.modeling.point_loss import (
     point_bce_loss,
     select_class_logits,
 )
+from point_sup.utils.host_syncs import count_host_syncs
 
 
 def _proposals(boxes: list[list[float]], coords: torch.Tensor, labels: torch.Tensor) -> Instances:
