@@ -27,9 +27,7 @@ down the order are not used to fill the rest of the budget). Hence
   of train2017" subsets of one dataset;
 * the same input and seed give the same subset, and the written files are byte-identical.
 
-The module itself imports neither torch nor detectron2 (only numpy, :mod:`.coco_json` and
-:mod:`.point_simulation`); importing it through the package still runs ``point_sup/__init__.py``,
-which does.
+Like the whole package, it imports neither torch nor Detectron2.
 """
 
 from __future__ import annotations
@@ -122,13 +120,11 @@ class AnnotationTimeModel:
     """The paper's annotation-time model (§3.3.3), in seconds.
 
     The per-object defaults are the paper's: 7 s per box (extreme clicking), 0.9 s per point,
-    79.2 s per polygon mask (:mod:`point_sup_labels.simulate`'s constants). The per-image
-    categorization and spotting defaults are *our reading of the COCO paper* (Lin et al. 2014:
-    about 20k worker hours of category labelling and 10k of instance spotting for 328k images,
-    i.e. 219.5 s and 109.8 s per image): the paper takes these stages "reported by COCO creators,
-    see the supplement", and that supplement, with the authors' own figures, is not available to
-    us. They are options (``--categorization-seconds``, ``--spotting-seconds`` of
-    ``tools/select_annotation_budget.py``).
+    79.2 s per polygon mask (:mod:`point_sup_labels.time_model`'s constants). The per-image
+    categorization and spotting defaults are *our reading of the COCO paper* (Lin et al. 2014;
+    :data:`COCO_CATEGORIZATION_SECONDS_PER_IMAGE`), not the paper's own figures, which are in a
+    supplement not available to us. They are options (``--categorization-seconds``,
+    ``--spotting-seconds`` of ``tools/select_annotation_budget.py``).
     """
 
     categorization_seconds: float = COCO_CATEGORIZATION_SECONDS_PER_IMAGE

@@ -14,9 +14,9 @@ Conventions (those of COCO and of pycocotools):
   length; Detectron2's loader adds 0.5 to reach pixel centres.
 
 Use :func:`load_coco_instances` for a file and :func:`validate_coco_instances` for an in-memory
-dict; both raise :class:`CocoFormatError`. JSON is parsed with ``orjson`` (several times faster
-than the standard library; files with ``NaN``/``Infinity`` literals, which strict JSON forbids,
-are re-read with the standard library so that the offending value is reported by annotation id).
+dict; both raise :class:`CocoFormatError`. JSON is parsed with ``orjson`` (files with
+``NaN``/``Infinity`` literals, which strict JSON forbids, are re-read with the standard library so
+that the offending value is reported by annotation id; why orjson: ``docs/labels_implementation.md``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "dumps_json",
     "integer_image_ids",
     "load_coco_instances",
+    "parse_json",
     "read_json",
     "relative_image_paths",
     "segmentation_kind",
@@ -115,13 +116,20 @@ class CocoInstances:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; :class:`CocoFormatError` if unreadable or not JSON."""
+    """Parse a JSON file; :class:`CocoFormatError` if unreadable or not JSON (see :func:`parse_json`)."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise CocoFormatError(f"cannot read the file ({e.strerror or e})", source=source) from e
+    return parse_json(raw, source)
+
+
+def parse_json(raw: bytes, source: str = "<memory>") -> Any:
+    """Parse JSON text; :class:`CocoFormatError` (naming ``source``) if it is not JSON or its top
+    level repeats a key. ``NaN``/``Infinity`` literals are accepted here, for the validator to name
+    the annotation that holds them."""
     gc_was_enabled = gc.isenabled()
     gc.disable()  # parsing creates millions of containers; collections in between are wasted time
     try:
@@ -226,7 +234,7 @@ def validate_coco_instances(
     list (parts are lists of numbers of even length), or an RLE whose ``size`` equals the image's
     ``[height, width]`` and whose uncompressed counts are non-negative integers summing to
     ``height * width``. Polygon coordinates are checked for finiteness by the simulator
-    (:func:`point_sup_labels.simulate.read_chunk`); compressed RLE strings when decoded. With
+    (:func:`point_sup_labels.chunks.read_chunk`); compressed RLE strings when decoded. With
     ``check_points``, existing ``point_coords``/``point_labels`` must follow
     :mod:`point_sup_labels.point_fields`.
 
@@ -324,7 +332,7 @@ class _Rules:
 
 
 def _annotations_pass_fast_checks(anns: list[Any], rules: _Rules) -> bool:
-    """The annotation checks of :func:`validate_coco_instances` in one tight loop (about 3x faster).
+    """The annotation checks of :func:`validate_coco_instances` in one tight loop (the fast path).
 
     The tests are *sufficient* conditions: True means :func:`_check_annotations` accepts every
     annotation; False means it may not, and the caller runs it to report the first problem in file

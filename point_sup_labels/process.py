@@ -164,12 +164,11 @@ def keep_freed_memory() -> bool:
 
     The simulator allocates and frees the same large temporary arrays for every chunk. By default
     glibc serves each allocation above 128 KiB with a fresh ``mmap`` and unmaps it on free, so every
-    chunk pays again for the page faults that zero-fill its memory: about a third of a worker's CPU
-    time (and 0.5 s of system time per worker on the benchmark). With higher mmap and trim
-    thresholds, freed blocks stay in the heap for the next chunk; the process keeps about its peak
-    working set. Called in the worker processes of :func:`make_worker_pool` and of the sharded
-    simulator (the main process allocates little per chunk and gained nothing measurable).
-    Returns False where libc has no ``mallopt`` (not glibc).
+    chunk pays again for the page faults that zero-fill its memory (what that cost, measured:
+    ``docs/labels_implementation.md``). With higher mmap and trim thresholds, freed blocks stay in
+    the heap for the next chunk; the process keeps about its peak working set. Called in the
+    worker processes of :func:`make_worker_pool` and of the sharded simulator (the main process
+    allocates little per chunk). Returns False where libc has no ``mallopt`` (not glibc).
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -1,38 +1,21 @@
 """P_N simulation of a COCO JSON file with the parsing split across worker processes.
 
-:func:`~point_sup_labels.simulate.simulate_point_annotations` works on a dataset already
-loaded in the main process. For a large file, parsing it, checking it and reading its annotations
-into arrays take about as long as labelling the points, and all of it is serial: it is what
-bounds the tool's speed on a few cores. Here the text of the ``annotations`` array is cut at
-element boundaries into one byte range (*shard*) per worker; each worker reads, parses, checks,
-labels and serializes its own shard, and keeps it between these steps. The main process parses
-only the rest of the file (``images``, ``categories``, ...), draws the label noise (which needs
-every label of the dataset) and joins the serialized shards. The output is byte-identical to the
-whole-file path's (same per-annotation random streams, same serializer, same key order); so is
-the choice of the objects that keep a mask or only a box (``SimulationOptions``' fractions), a
-hash of (seed, annotation or image id) made by each worker for its own annotations.
+:func:`~point_sup_labels.simulate.simulate_point_annotations` works on a dataset already loaded in
+the main process, whose parsing, checking and reading are serial. Here the text of the
+``annotations`` array is cut at element boundaries into one byte range (*shard*) per worker; each
+worker reads, parses, checks, labels and serializes its own shard, and keeps it between these
+steps. The main process parses only the rest of the file (``images``, ``categories``, ...), draws
+the label noise (which needs every label of the dataset) and joins the serialized shards. The
+output is byte-identical to the whole-file path's (same per-annotation random streams, same
+serializer, same key order, the same kinds of supervision drawn per annotation or image id).
 
-Cutting JSON text without parsing it is a guess: a cut is made at a ``}`` ``,`` ``{`` (whitespace
-allowed) followed by the first key of the array's first element when there is one (``},{"id":``),
-which could still lie inside a string or inside a nested array of objects. Every guess is
-checked by the parsers themselves, so a wrong one cannot go unnoticed:
-
-* the head ``text[:head_end] + "]}"`` (everything before the array, the array emptied) must
-  parse to an object whose last key is ``annotations``: so ``head_end`` is outside any string,
-  right after the ``[`` of the top-level ``annotations`` value;
-* shard ``i`` is parsed as ``"[" + text[start_i:stop_i] + "]"``, the last one as
-  ``'{"annotations":[' + text[start:]``. Starting from a position known to be outside strings and
-  at array level, a piece parses only if it ends there too (a piece ending inside a string never
-  closes it; one ending inside a nested array leaves a bracket open), so by induction from the
-  head every cut is at a top-level element boundary and the pieces' elements are exactly the
-  array's;
-* the name ``"annotations"`` must occur once in the file, and the head and tail must not share a
-  key (a duplicate key's value would depend on which part it is parsed in).
-
-Whenever anything does not fit (a piece that does not parse, any problem in the data, duplicate
-annotation ids across shards, an input that is not a regular file), :class:`NotShardableError` is raised and
-the caller takes the whole-file path, which reports problems with its usual messages naming the
-annotation. Problems are rare, so paying for both paths then is cheap.
+A cut is guessed from the text (``},{"id":``) and verified by the parsers themselves: the head
+before the array must parse as an object whose last key is ``annotations``, and each shard as an
+array, so a cut inside a string or a nested array cannot go unnoticed (the argument:
+``docs/labels_implementation.md``). Whenever anything does not fit (a piece that does not parse,
+any problem in the data, duplicate annotation ids across shards, an input that is not a regular
+file), :class:`NotShardableError` is raised and the caller takes the whole-file path, which
+reports problems with its usual messages naming the annotation.
 """
 
 from __future__ import annotations
@@ -60,19 +43,11 @@ from .coco_format import (
     validate_annotations,
     validate_coco_instances,
 )
-from .label_noise import NoiseMode
+from .mixed_supervision import apply_supervision
 from .point_file import set_point_fields
 from .process import die_with_parent, forking_workers, keep_freed_memory
-from .simulate import (
-    FractionOf,
-    LabelledPoints,
-    PointSamples,
-    SimulationOptions,
-    SimulationStats,
-    apply_supervision,
-    finish,
-    label_annotations,
-)
+from .simulate import LabelledPoints, SimulationOptions, finish, label_annotations
+from .simulation_results import PointSamples, SimulationStats
 
 __all__ = [
     "MIN_SHARD_BYTES",
@@ -489,33 +464,22 @@ class ShardedSimulation:
     def simulate(
         self,
         *,
-        num_points: int = 10,
-        seed: int = 0,
-        versions: Sequence[int] = (0,),
-        noise_rate: float = 0.0,
-        noise_mode: NoiseMode = "random",
-        keep_masks_fraction: float = 0.0,
-        box_only_fraction: float = 0.0,
-        fraction_of: FractionOf = "objects",
         drop_segmentation: bool = True,
         chunk_size: int = 2048,
         progress: Callable[[int], None] | None = None,
+        **fields: Any,
     ) -> SimulationStats:
-        """Simulate every version (arguments as in ``simulate_point_annotations``); counts."""
-        options = SimulationOptions(
-            num_points,
-            seed,
-            tuple(versions),
-            noise_rate,
-            noise_mode,
-            keep_masks_fraction,
-            box_only_fraction,
-            fraction_of,
-        )
+        """Simulate every version; the run's counts.
+
+        ``fields``: those of :class:`~point_sup_labels.simulate.SimulationOptions` as
+        keywords (``num_points``, ``seed``, ``versions``, ``noise_rate``, ...), the others as in
+        :func:`~point_sup_labels.simulate.simulate_point_annotations`.
+        """
+        options = SimulationOptions(**fields)
         args = (options, drop_segmentation, chunk_size)
         shards = self._workers.request("simulate", [args] * len(self._counts), progress)
         points = LabelledPoints.concatenate(shards, options)
-        stats = finish(points, options)
+        stats = finish(points, options, num_images=self.num_images)
         cuts = np.cumsum(self._counts)[:-1]
         self._labels = [np.split(v.labels, cuts) for v in points.versions]
         return stats

@@ -16,6 +16,7 @@ __all__ = [
     "SECONDS_PER_POLYGON_MASK",
     "AnnotationTime",
     "annotation_time",
+    "format_duration",
 ]
 
 SECONDS_PER_BOX = 7.0
@@ -64,3 +65,10 @@ def annotation_time(num_instances: int, num_points: int) -> AnnotationTime:
         points_seconds=num_instances * num_points * SECONDS_PER_POINT,
         polygon_mask_seconds=num_instances * SECONDS_PER_POLYGON_MASK,
     )
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: minutes below an hour (``"33.6 min"``), else hours (``"1,234.5 h"``)."""
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:,.1f} h"

@@ -1,16 +1,18 @@
 """Boxes and P_N points to and from annotation tools: CVAT, Label Studio, labelme.
 
-One module per tool, each with a reader (file -> :class:`~.common.Dataset`) and a writer
-(:class:`~.common.Dataset` -> ``{path: bytes}``):
+One module per tool, each with a reader (file -> :class:`~.dataset.Dataset`) and a writer
+(:class:`~.dataset.Dataset` -> ``{path: bytes}``):
 
 * :mod:`.cvat` — "CVAT for images 1.1" XML, points grouped with their box by ``group_id``;
 * :mod:`.label_studio` — Label Studio's JSON export, keypoints tied to rectangles by ``parentID``
   or by containment, values in percent;
 * :mod:`.labelme` — a folder of labelme JSON files, points tied to rectangles by ``group_id``;
-* :mod:`.common` — the in-memory form, the pixel convention (a continuous point is the pixel
-  ``floor(c)``; a pixel is written at its centre ``index + 0.5``), the shared checks, and the
-  COCO P_N side (``coco``: COCO JSON with ``point_coords``/``point_labels``, read and validated
-  by :mod:`point_sup_labels.coco_format`).
+* :mod:`.coco` — the COCO P_N side (``coco``: COCO JSON with ``point_coords``/``point_labels``,
+  read and validated by :mod:`point_sup_labels.coco_format`).
+
+Shared by them: :mod:`.dataset`, the in-memory form; :mod:`.rules`, the pixel convention (a
+continuous point is the pixel ``floor(c)``; a pixel is written at its centre ``index + 0.5``),
+conversions and checks; :mod:`.outputs`, writing the files all or none.
 
 The command line is ``tools/convert_annotations.py``. Standard library only (plus the project's
 numpy/orjson); see ``docs/your_own_annotations.md`` for why not datumaro.
@@ -21,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import BoxObject, Dataset, FormatError, ImageRecord, Options, read_coco, write_coco
+from .coco import read_coco, write_coco
 from .cvat import read_cvat, write_cvat
+from .dataset import BoxObject, Dataset, FormatError, ImageRecord, Options
 from .label_studio import read_label_studio, write_label_studio
 from .labelme import read_labelme, write_labelme
 

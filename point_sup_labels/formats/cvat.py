@@ -32,7 +32,7 @@ Reading:
 * Pixels: CVAT's coordinates are continuous, ``(0, 0)`` the top-left corner of the image and
   ``(width, height)`` the bottom-right one (CVAT writes COCO boxes unchanged as
   ``xtl = x``, ``xbr = x + w``), so pixel ``i`` covers ``[i, i + 1)``: a point becomes
-  ``floor(x)`` (the last pixel on the far edge), see :func:`.common.pixel_index`.
+  ``floor(x)`` (the last pixel on the far edge), see :func:`.rules.pixel_index`.
 * Other shapes (polygons, polylines, tags, ...) are ignored, with a warning; ``<track>``
   elements (CVAT for video) are refused.
 
@@ -55,12 +55,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
-from .common import (
-    BoxObject,
-    Dataset,
-    FormatError,
-    ImageRecord,
-    Options,
+from .dataset import BoxObject, Dataset, FormatError, ImageRecord, Options
+from .rules import (
     box_corners,
     box_from_corners,
     box_problem,

@@ -31,15 +31,15 @@ Reading:
   several, from several annotators, is refused: keep one; a task with none is skipped with a
   warning, as is one with no result and no size). ``predictions`` are not read.
 * An object is a ``rectanglelabels`` result (exactly one label: the category) with its
-  ``keypointlabels`` results (label object or background, :class:`.common.Options`). Label Studio
+  ``keypointlabels`` results (label object or background, :class:`.dataset.Options`). Label Studio
   has no group ids; a keypoint belongs to the rectangle named by its ``parentID`` (set by
   dragging the point onto the rectangle in the Regions panel), else to the one rectangle that
   contains it; none or several is an error naming the result id.
 * Pixels: ``x_px = value.x / 100 * original_width`` (continuous, ``(0, 0)`` the image's top-left
-  corner), then the pixel that holds it, ``floor`` (:func:`.common.pixel_index`). Boxes:
+  corner), then the pixel that holds it, ``floor`` (:func:`.rules.pixel_index`). Boxes:
   ``x = value.x * original_width / 100``, ``w = value.width * original_width / 100``, each the
-  float that maps back exactly (:func:`.common.inverse_float`).
-* The file name is ``data.image`` without :attr:`.common.Options.image_url_prefix` if it starts
+  float that maps back exactly (:func:`.rules.inverse_float`).
+* The file name is ``data.image`` without :attr:`.dataset.Options.image_url_prefix` if it starts
   with it; else, for a local-storage URL (``/data/local-files/?d=dir/a.jpg``) the ``d`` path; for
   any other URL (``http://``, ``s3://``, ``/data/upload/3/0a1b2c3d-a.jpg``) its last component,
   as written (Label Studio adds an 8-character prefix to uploaded files' names); a plain relative
@@ -66,12 +66,8 @@ import orjson
 
 from ..coco_format import read_json
 from ..json_values import is_finite_number, is_integer
-from .common import (
-    BoxObject,
-    Dataset,
-    FormatError,
-    ImageRecord,
-    Options,
+from .dataset import BoxObject, Dataset, FormatError, ImageRecord, Options
+from .rules import (
     box_problem,
     check_image,
     inverse_float,
@@ -96,7 +92,7 @@ def to_percent(v: float, size: int) -> float:
 
 def from_percent(p: float, size: int) -> float:
     """The inverse of :func:`to_percent`: the float ``c`` with ``to_percent(c, size) == p`` nearest
-    to ``p * size / 100`` with the shortest decimal form (:func:`.common.inverse_float`)."""
+    to ``p * size / 100`` with the shortest decimal form (:func:`.rules.inverse_float`)."""
     return inverse_float(p * size / 100.0, lambda c: to_percent(c, size), p)
 
 

@@ -18,11 +18,11 @@ Reading:
 
 * An object is a ``rectangle`` shape (two opposite corners; ``label`` = the category) with the
   ``point`` shapes of the same ``group_id`` (labelme's "Group ID" field) in the same file, in
-  shape order; ``label`` of a point is object or background (:class:`.common.Options`). A
+  shape order; ``label`` of a point is object or background (:class:`.dataset.Options`). A
   rectangle without ``group_id`` is an object without points.
 * Pixels: labelme stores the clicked position in image coordinates, ``(0, 0)`` the top-left
   corner of the image and pixel ``i`` drawn over ``[i, i + 1)``; labelme keeps clicks within
-  ``[0, size - 1]``. A point becomes the pixel under it, ``floor`` (:func:`.common.pixel_index`).
+  ``[0, size - 1]``. A point becomes the pixel under it, ``floor`` (:func:`.rules.pixel_index`).
   Rectangles are kept as stored (one dragged to the far edge in labelme ends at ``size - 1``).
 * The image's file name (relative to the folder) is ``imagePath`` joined to the JSON file's
   folder within the dataset folder; if ``imagePath`` leads out of the dataset folder (``../``),
@@ -50,12 +50,8 @@ from typing import Any
 
 from ..coco_format import read_json
 from ..json_values import is_finite_number, is_integer
-from .common import (
-    BoxObject,
-    Dataset,
-    FormatError,
-    ImageRecord,
-    Options,
+from .dataset import BoxObject, Dataset, FormatError, ImageRecord, Options
+from .rules import (
     box_corners,
     box_from_corners,
     box_problem,

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from point_sup_labels.chunks import read_chunk
 from point_sup_labels.coco_format import (
     CocoFormatError,
     dumps_json,
@@ -13,7 +14,6 @@ from point_sup_labels.coco_format import (
     segmentation_kind,
     validate_coco_instances,
 )
-from point_sup_labels.simulate import read_chunk
 
 GOOD = {
     "info": {"note": "kept"},

@@ -16,20 +16,19 @@ import pytest
 from pycocotools import mask as mask_util
 
 from point_sup_labels.coco_format import dumps_json, validate_coco_instances
-from point_sup_labels.point_file import set_point_fields
-from point_sup_labels.sharded import ShardedSimulation, ShardWorkers
-from point_sup_labels.simulate import (
+from point_sup_labels.mixed_supervision import (
     SUPERVISION_BOX,
     SUPERVISION_MASK,
     SUPERVISION_POINTS,
-    SimulationOptions,
     apply_supervision,
     select_supervision,
-    simulate_point_annotations,
     supervision_draws,
     supervision_kind,
     supervision_kinds,
 )
+from point_sup_labels.point_file import set_point_fields
+from point_sup_labels.sharded import ShardedSimulation, ShardWorkers
+from point_sup_labels.simulate import SimulationOptions, simulate_point_annotations
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(

@@ -10,9 +10,10 @@ from pycocotools import mask as mask_util
 
 from point_sup_labels.coco_format import dumps_json, load_coco_instances
 from point_sup_labels.file_io import StagedFiles
+from point_sup_labels.mixed_supervision import apply_supervision
 from point_sup_labels.point_file import dumps_point_annotations, set_point_fields
 from point_sup_labels.sharded import NotShardableError, ShardedSimulation, ShardWorkers, plan_shards
-from point_sup_labels.simulate import apply_supervision, simulate_point_annotations
+from point_sup_labels.simulate import simulate_point_annotations
 
 
 def make_dataset(seed: int = 0, num_images: int = 8, per_image: int = 9) -> dict:

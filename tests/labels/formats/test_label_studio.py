@@ -270,7 +270,7 @@ def test_malformed_json_and_a_non_list_are_refused(tmp_path):
 
 def test_uploaded_names_match_the_reference_image_without_label_studios_prefix(tmp_path):
     from point_sup_labels.coco_format import validate_coco_instances
-    from point_sup_labels.formats.common import coco_dict
+    from point_sup_labels.formats.coco import coco_dict
 
     ds = read_label_studio(_write(tmp_path, _export()))
     reference = validate_coco_instances(

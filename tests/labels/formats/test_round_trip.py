@@ -12,17 +12,16 @@ import pytest
 
 from point_sup_labels.coco_format import dumps_json, load_coco_instances
 from point_sup_labels.formats import FORMATS, Options, read_annotations, write_annotations
-from point_sup_labels.formats.common import (
+from point_sup_labels.formats.coco import coco_dict, read_coco
+from point_sup_labels.formats.label_studio import from_percent, to_percent
+from point_sup_labels.formats.outputs import write_files
+from point_sup_labels.formats.rules import (
     box_corners,
     box_from_corners,
-    coco_dict,
     inverse_float,
     pixel_centre,
     pixel_index,
-    read_coco,
-    write_files,
 )
-from point_sup_labels.formats.label_studio import from_percent, to_percent
 
 TOOLS = [f for f in FORMATS if f != "coco"]
 OUTPUT_NAME = {"cvat": "points.xml", "label-studio": "tasks.json", "labelme": "labelme", "coco": "out.json"}
