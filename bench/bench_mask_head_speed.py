@@ -39,7 +39,8 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
-from point_sup.modeling.mask_rcnn_point_sup import PointSupMaskRCNNConvUpsampleHead, roi_grid_point_loss
+from point_sup.modeling.common.point_loss import roi_grid_point_loss
+from point_sup.modeling.mask_rcnn.mask_head import PointSupMaskRCNNConvUpsampleHead
 
 
 def make_instances(num_rois: int, num_images: int, device: str, seed: int = 0) -> list[Instances]:

@@ -68,7 +68,7 @@ def add_point_sup_config(cfg: CN) -> CN:
         BOTH: the supervision of an object with both a mask and points: "mask" (default) or "points".
         WEIGHTING: "instances" (default): each kind's mask loss (today's loss on its own instances)
             times its share of the mask-supervised instances of the batch; "sum": the plain sum.
-    MODEL.POINT_LOSS (the one point loss of every head, point_sup.modeling.point_loss)
+    MODEL.POINT_LOSS (the one point loss of every head, point_sup.modeling.common.point_loss)
         NORMALIZATION: "all_points" (default; Detectron2's ``roi_mask_point_loss``: the BCE summed
             over supervised points, divided by all labelled points, ignored ones included) or
             "valid_points" (divided by the supervised points only).
@@ -94,7 +94,7 @@ def add_point_sup_config(cfg: CN) -> CN:
             bias, so every generated weight starts near 0. "shared": the same prediction weights, but
             its bias holds one randomly initialised point-head MLP (He-normal weights, zero biases),
             so every instance starts from a well-scaled MLP that the head then modulates (see
-            point_sup.modeling.implicit_point_head.DynamicPointHead.initial_params).
+            point_sup.modeling.implicit_point_rend.point_head.DynamicPointHead.initial_params).
         PARAMS_RANK: 0 (default, the paper's): the parameter head ends in one FC_DIM x num_params
             layer (290 M weights for COCO). r > 0: that layer is factorised through r coefficients
             per instance, params = bias + basis (A h) with a learned (num_params x r) basis shared by
@@ -167,7 +167,7 @@ def _add_condinst_config(cfg: CN) -> None:
         POINT_LOGITS ("cell"): how the P_N loss reads a point's prediction: ``"cell"``, the logit of
             the stride-4 cell holding it (paper footnote 2: no interpolation); ``"bilinear"``
             (point_sup's), the value at the point in the bilinearly upsampled mask, the mask that
-            inference thresholds (point_sup.modeling.condinst_losses).
+            inference thresholds (point_sup.modeling.condinst.losses).
         INFER_CROP_TO_BOX: at inference, set mask pixels outside the predicted box to background
             (paper footnote 2, for the P_N model; off for CondInst/BoxInst as published).
         MASK_HEAD: CHANNELS (8), NUM_LAYERS (3), DISABLE_REL_COORDS (False): the dynamic mask head.

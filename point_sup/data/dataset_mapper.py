@@ -25,9 +25,12 @@ from detectron2.structures import Boxes, Instances
 from point_sup_labels.point_fields import POINT_FIELDS
 
 from ..config import is_mixed_supervision
+from ..point_labels import IGNORE_LABEL, PADDING_LABEL
 from .mixed_supervision import Supervision, annotation_supervision
 from .point_augmentation import subsample_points
 
+# IGNORE_LABEL and PADDING_LABEL stay importable from here for existing code; point_sup.point_labels
+# defines them (the model reads them from there too).
 __all__ = [
     "IGNORE_LABEL",
     "PADDING_LABEL",
@@ -38,11 +41,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# gt_point_labels besides 1 (object) and 0 (background). The two are told apart because the point
-# loss's default normalisation (Detectron2's) counts ignored points in its mean and padding not.
-IGNORE_LABEL = -1.0  # a labelled point that is not supervised: it left the image (or its proposal box)
-PADDING_LABEL = -2.0  # not a point: fills up instances with fewer points than the most of their image
 
 # The mask of an object without one in an image whose other objects have masks (mixed supervision):
 # Instances need one mask per object, and gt_supervision says it is never read. A zero-area triangle

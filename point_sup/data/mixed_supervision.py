@@ -8,7 +8,7 @@ A mixed dataset is one COCO JSON whose annotations carry, each, a mask (``segmen
     the mask head's loss from masks (Mask R-CNN's ``mask_rcnn_loss``, PointRend's and Implicit
     PointRend's mask recipes, CondInst's dice);
 ``POINTS``
-    the one point loss at its labelled points (point_sup.modeling.point_loss), point-based
+    the one point loss at its labelled points (point_sup.modeling.common.point_loss), point-based
     augmentation (``INPUT.SAMPLE_POINTS``) applied to these objects only;
 ``BOX``
     no mask loss: the object supervises detection only (and BoxInst's box losses in a CondInst
@@ -17,7 +17,7 @@ A mixed dataset is one COCO JSON whose annotations carry, each, a mask (``segmen
 An object with both a mask and points is ``MODEL.MIXED_SUP.BOTH`` (``"mask"`` by default: masks
 win). An empty ``point_labels`` counts as no points (the simulator gives degenerate boxes none).
 The dataset mapper stores the kind of every instance as ``gt_supervision`` (R,) int64; how the heads
-combine the per-kind losses is point_sup.modeling.mixed_loss.
+combine the per-kind losses is point_sup.modeling.common.mixed_loss.
 """
 
 from __future__ import annotations

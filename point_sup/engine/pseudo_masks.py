@@ -1,27 +1,15 @@
 """Self-training with points (paper §3.3.2): pseudo masks from a point-trained model.
 
-A model trained from P_N predicts a mask for every ground-truth box of the training set (the
-boxes are given as detections, so no box is missed and none is invented); the masks become the
-ground truth of a second, ordinary mask-supervised training run.
+A model trained from P_N predicts a mask for every ground-truth box of the training set (the boxes
+are given as detections, :mod:`point_sup.engine.given_boxes`, so no box is missed and none is
+invented); the masks become the ground truth of a second, ordinary mask-supervised training run.
 
-Throughput: images are read by a Detectron2 test data loader (``num_workers`` processes read ahead
-of the model), each process of a distributed run (``detectron2.engine.launch``) takes its contiguous
-share of the images (Detectron2's ``InferenceSampler``), and the model gets ``batch_size`` images
-per call. The masks are gathered to rank 0 in the dataset's order.
-
-Batching never changes a mask. A batch is padded to its largest image, and padding is not neutral:
-every convolution of the backbone near the bottom and right edges of an image reads the padded
-cells, GroupNorm's statistics include them, and CondInst picks each given box's location among all
-feature-map cells (padded ones included) and computes its mask map over the padded size. So a batch
-only holds images of the same *padded* size (the size the model would pad the image to on its own,
-:func:`padded_image_size`): each image then meets exactly the zeros it meets alone, for every head
-(Mask R-CNN, PointRend, Implicit PointRend, CondInst). Images of other sizes wait in their own
-group, so the batches of a dataset of many sizes are fuller the more images share a size (COCO:
-most are 640x480 or 480x640). On CPU the masks, and so the output file, are byte-identical for
-any batch size and number of processes (tests/engine/test_pseudo_masks.py, every head family;
-tests/tools/). On a GPU each image meets the same numbers too, but cuDNN and cuBLAS may choose
-other kernels for another batch shape, whose rounding could flip a pixel whose probability is
-within float error of 0.5: not measured yet.
+Images are read by a Detectron2 test data loader (``num_workers`` processes read ahead of the model),
+each process of a distributed run takes its contiguous share of the images (Detectron2's
+``InferenceSampler``), the model gets up to ``batch_size`` images of the same *padded* size
+(:func:`padded_image_size`) per call, and the masks are gathered to rank 0 in the dataset's order.
+Batching never changes a mask on CPU (why a batch holds one padded size, and what is not measured on
+GPUs: docs/implementation.md, *Engine: pseudo masks*).
 """
 
 from __future__ import annotations
@@ -41,6 +29,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from ..data.catalog import coco_dict_from_catalog
+from .given_boxes import inference_with_given_boxes
 
 __all__ = ["PseudoMaskMapper", "padded_image_size", "predict_pseudo_masks", "pseudo_mask_coco_dict"]
 
@@ -145,7 +134,7 @@ def _predict_batch(model: torch.nn.Module, batch: list[dict], device: torch.devi
     """RLEs of the masks of each image of ``batch`` by its index, and the number of boxes that
     inference dropped as empty at the output size (their masks stay empty)."""
     inputs = [{"image": x["image"].to(device), "height": x["height"], "width": x["width"]} for x in batch]
-    results = model.inference(inputs, detected_instances=[x["instances"] for x in batch])
+    results = inference_with_given_boxes(model, inputs, [x["instances"] for x in batch])
     out, dropped = {}, 0
     for x, result in zip(batch, results, strict=True):
         result = result["instances"].to("cpu")

@@ -1,6 +1,12 @@
-"""Modeling: shared point machinery, the point-supervised mask heads and CondInst/BoxInst
-(registered on import)."""
+"""Modeling, one package per model family (importing this registers every component):
 
-from . import backbone, mask_rcnn_point_sup, point_rend_point_sup  # noqa: F401  (register components)
-from .condinst import PointSupCondInst  # noqa: F401  (registers it)
-from .implicit_point_rend import PointSupImplicitPointRendMaskHead  # noqa: F401  (registers it)
+``common``: point machinery shared by all heads; ``mask_rcnn``, ``point_rend``, ``implicit_point_rend``:
+the ROI mask heads (``ROI_MASK_HEAD_REGISTRY``); ``condinst``: CondInst / BoxInst
+(``META_ARCH_REGISTRY``) and its FCOS backbone (``BACKBONE_REGISTRY``).
+"""
+
+from . import condinst, implicit_point_rend, mask_rcnn, point_rend  # noqa: F401  (register components)
+from .condinst import PointSupCondInst
+from .implicit_point_rend import PointSupImplicitPointRendMaskHead
+
+__all__ = ["PointSupCondInst", "PointSupImplicitPointRendMaskHead"]

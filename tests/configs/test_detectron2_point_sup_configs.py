@@ -28,7 +28,7 @@ from detectron2.utils.events import EventStorage
 from recipes.scale import RECIPE_SCALE_OPTS
 
 from point_sup.modeling.implicit_point_rend import PointSupImplicitPointRendMaskHead
-from point_sup.modeling.mask_rcnn_point_sup import PointSupMaskRCNNConvUpsampleHead
+from point_sup.modeling.mask_rcnn.mask_head import PointSupMaskRCNNConvUpsampleHead
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data" / "detectron2_point_sup"

@@ -16,8 +16,6 @@ from torch.utils.data import DataLoader
 
 from point_sup import add_point_sup_config
 from point_sup.data.dataset_mapper import (
-    IGNORE_LABEL,
-    PADDING_LABEL,
     PointSupDatasetMapper,
     pad_point_annotations,
     transform_point_annotations,
@@ -25,6 +23,7 @@ from point_sup.data.dataset_mapper import (
 from point_sup.data.datasets import load_coco_json_with_points
 from point_sup.data.nuclei import build_nuclei_coco
 from point_sup.data.point_augmentation import subsample_points
+from point_sup.point_labels import IGNORE_LABEL, PADDING_LABEL
 
 
 def _add_points(src, dst, num_points, seed, keep_masks=True):

@@ -19,10 +19,11 @@ from pycocotools.coco import COCO
 import point_sup
 from point_sup import add_point_sup_config
 from point_sup.data import check_point_supervision
-from point_sup.data.dataset_mapper import PADDING_LABEL, PointSupDatasetMapper
+from point_sup.data.dataset_mapper import PointSupDatasetMapper
 from point_sup.data.datasets import load_coco_json_with_points
 from point_sup.data.mixed_supervision import Supervision, annotation_supervision, count_supervision
 from point_sup.data.nuclei import build_nuclei_coco
+from point_sup.point_labels import PADDING_LABEL
 
 M, P, B = Supervision.MASK, Supervision.POINTS, Supervision.BOX
 # Annotation i gets, by i % 4: a mask only, points only, both, neither (box only).

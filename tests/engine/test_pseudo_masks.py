@@ -13,8 +13,9 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 from pycocotools import mask as mask_util
 
-from point_sup.engine import PointSupTrainer
+from point_sup.engine import PointSupTrainer, pseudo_masks
 from point_sup.engine.experiment import load_config
+from point_sup.engine.given_boxes import inference_with_given_boxes
 from point_sup.engine.pseudo_masks import (
     _same_size_batches,
     padded_image_size,
@@ -114,7 +115,9 @@ def test_pseudo_masks_one_per_box_inside_it(p10_model_cfg, nuclei_datasets, tmp_
         "condinst_R_18_FPN_P10",
     ],
 )
-def test_batches_of_one_padded_size_give_the_masks_of_batch_one(config, nuclei_datasets, tiny_overrides):
+def test_batches_of_one_padded_size_give_the_masks_of_batch_one(
+    config, nuclei_datasets, tiny_overrides, monkeypatch
+):
     """Every head family: batches of 3 over images of two sizes give the RLEs of one image per call.
 
     Padding is not neutral for these models (GroupNorm statistics, convolutions at the image's
@@ -134,13 +137,12 @@ def test_batches_of_one_padded_size_give_the_masks_of_batch_one(config, nuclei_d
     assert padded_image_size(model, (128, 171)) == (128, 192)  # the tiles of train, resized
     assert padded_image_size(model, (96, 192)) == (96, 192)  # and of val
     calls = []
-    inference = model.inference
 
-    def recorded(batched_inputs, detected_instances=None, **kwargs):
+    def recorded(model, batched_inputs, detected_instances, **kwargs):
         calls.append([padded_image_size(model, tuple(x["image"].shape[-2:])) for x in batched_inputs])
-        return inference(batched_inputs, detected_instances=detected_instances, **kwargs)
+        return inference_with_given_boxes(model, batched_inputs, detected_instances, **kwargs)
 
-    model.inference = recorded
+    monkeypatch.setattr(pseudo_masks, "inference_with_given_boxes", recorded)
     one = predict_pseudo_masks(model, records, cfg.INPUT.FORMAT, resize, batch_size=1)
     calls.clear()
     three = predict_pseudo_masks(model, records, cfg.INPUT.FORMAT, resize, batch_size=3)

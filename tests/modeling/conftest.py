@@ -12,7 +12,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
-from point_sup.modeling.point_features import get_point_coords_wrt_image
+from point_sup.modeling.common.point_features import get_point_coords_wrt_image
 
 
 def tiny_rcnn_cfg(mask_head: str, num_classes: int = 3, *, own_pooling: bool = False) -> CfgNode:

@@ -18,7 +18,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from point_sup.data.mixed_supervision import Supervision
-from point_sup.modeling.point_features import get_point_coords_wrt_image
+from point_sup.modeling.common.point_features import get_point_coords_wrt_image
 
 SIZE = 128
 NUM_CLASSES = 3

@@ -1,4 +1,4 @@
-"""Mixed supervision in the ROI mask heads (point_sup.modeling.mixed_loss): the loss of a mixed batch
+"""Mixed supervision in the ROI mask heads (point_sup.modeling.common.mixed_loss): the loss of a mixed batch
 is the documented weighted sum of the per-kind losses, computed by the pure-mask and pure-point heads
 on their own instances; all-mask and all-point batches give today's losses exactly; each object is
 reached only through its own kind of supervision."""
@@ -6,6 +6,7 @@ reached only through its own kind of supervision."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,9 +17,14 @@ from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 from point_sup.data.mixed_supervision import Supervision
-from point_sup.modeling.mixed_loss import drop_box_only, kind_weights, nonzero_rows, split_by_supervision
-from point_sup.modeling.point_features import get_point_coords_wrt_image
-from point_sup.modeling.point_loss import mask_labels_at_points
+from point_sup.modeling.common.mixed_loss import (
+    drop_box_only,
+    kind_weights,
+    nonzero_rows,
+    split_by_supervision,
+)
+from point_sup.modeling.common.point_features import get_point_coords_wrt_image
+from point_sup.modeling.common.point_loss import mask_labels_at_points
 from point_sup.utils.host_syncs import count_host_syncs
 
 MASK_RCNN = "PointSupMaskRCNNConvUpsampleHead"
@@ -112,7 +118,8 @@ def _subset(instances: list[Instances], kind: Supervision) -> tuple[list[Instanc
 @pytest.mark.parametrize("head_name", HEADS)
 def test_mixed_loss_is_weighted_sum_of_per_kind_losses(tiny_cfg, head_name, weighting) -> None:
     heads = _heads(tiny_cfg, head_name)
-    heads["mixed"].mixed_weighting = weighting
+    options = heads["mixed"].point_loss_options
+    heads["mixed"].point_loss_options = dataclasses.replace(options, mixed_weighting=weighting)
     instances = _proposals()
     inputs = _inputs(head_name, instances)
     mixed = _losses(head_name, heads["mixed"], inputs, instances)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
-from point_sup.modeling import subdivision
-from point_sup.modeling.implicit_point_head import DynamicPointHead, fourier_position_encoding
+from point_sup.modeling.common import subdivision
+from point_sup.modeling.common.point_features import get_point_coords_wrt_image
+from point_sup.modeling.common.point_loss import mask_labels_at_points
 from point_sup.modeling.implicit_point_rend import (
     LIGHT_VARIANT_OVERRIDES,
     PointSupImplicitPointRendMaskHead,
@@ -24,13 +26,12 @@ from point_sup.modeling.implicit_point_rend import (
     convert_to_detectron2_implicit_pointrend,
     count_parameters,
 )
-from point_sup.modeling.point_features import get_point_coords_wrt_image
-from point_sup.modeling.point_loss import mask_labels_at_points
+from point_sup.modeling.implicit_point_rend.point_head import DynamicPointHead, fourier_position_encoding
 
 point_rend = pytest.importorskip("detectron2.projects.point_rend")
 reference_mask_head = pytest.importorskip("detectron2.projects.point_rend.mask_head")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 IMAGE_SIZE = (96, 128)  # (H, W)
 STRIDES = {"p2": 4, "p3": 8}
 
@@ -416,9 +417,9 @@ def test_subdivision_inference_equals_the_straightforward_loop(variant, monkeypa
         straightforward = subdivision.adaptive_subdivision(
             lambda coords: head.point_logits(features, boxes, coords, params, classes),
             len(classes),
-            head.init_resolution,
-            head.subdivision_steps,
-            head.subdivision_num_points,
+            head.subdivision.init_side,
+            head.subdivision.steps,
+            head.subdivision.num_points,
             "cpu",
         )
     assert fast.shape == (7, 1, 224, 224)
@@ -514,7 +515,7 @@ def test_zero_proposals_and_zero_detections():
     features = random_features(2)
     ours.train()
     for point_sup in (False, True):
-        ours.point_sup = point_sup
+        ours.point_loss_options = dataclasses.replace(ours.point_loss_options, point_sup=point_sup)
         proposals = with_points(proposals_with_masks([0, 0], num_classes=5), num_points=4)
         with EventStorage():
             losses = ours(features, proposals)

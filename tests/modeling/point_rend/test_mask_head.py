@@ -13,15 +13,15 @@ from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from point_sup.modeling import subdivision
-from point_sup.modeling.point_features import (
+from point_sup.modeling.common import subdivision
+from point_sup.modeling.common.point_features import (
     calculate_uncertainty,
     get_point_coords_wrt_image,
     get_uncertain_point_coords_with_randomness,
     point_sample_fine_grained_features,
 )
-from point_sup.modeling.point_loss import mask_labels_at_points, point_bce_loss, select_class_logits
-from point_sup.modeling.point_rend_point_sup import PointSupPointRendMaskHead
+from point_sup.modeling.common.point_loss import mask_labels_at_points, point_bce_loss, select_class_logits
+from point_sup.modeling.point_rend.mask_head import PointSupPointRendMaskHead
 
 NUM_CLASSES = 3
 INPUT_SHAPE = {"p2": ShapeSpec(channels=40, stride=4), "p3": ShapeSpec(channels=40, stride=8)}
@@ -110,7 +110,7 @@ def test_losses_from_points_are_bces_at_the_labelled_points(tiny_cfg, normalizat
 
     boxes = [inst.proposal_boxes for inst in images]
     cat_boxes = torch.cat([b.tensor for b in boxes])
-    coarse = head.coarse_head(head._roi_features(features, boxes)).detach()
+    coarse = head._coarse_logits(features, boxes).detach()
     assert coarse.shape == (3, NUM_CLASSES, 7, 7)
     classes = torch.cat([inst.gt_classes for inst in images])
     coarse_logits, valid_labels, valid_rel, valid_rows = [], [], [], []
@@ -201,7 +201,7 @@ def test_mask_supervision_follows_point_rend_recipe(tiny_cfg) -> None:
     with EventStorage():
         losses = head(features, images)
         boxes = [inst.proposal_boxes for inst in images]
-        coarse = head.coarse_head(head._roi_features(features, boxes))
+        coarse = head._coarse_logits(features, boxes)
         expected_mask = mask_rcnn_loss(coarse, images)
     torch.testing.assert_close(losses["loss_mask"], expected_mask)
 
@@ -219,7 +219,7 @@ def test_mask_supervision_follows_point_rend_recipe(tiny_cfg) -> None:
             mask_labels_at_points(images[1].gt_masks, image_coords[2:], (128, 128)),
         ]
     )
-    logits = head._point_logits(features, boxes, coords, coarse)
+    logits = head._point_logits(coarse, features, boxes, coords)
     expected_point = point_bce_loss(select_class_logits(logits, classes).squeeze(1), labels)
     torch.testing.assert_close(losses["loss_mask_point"], expected_point)
 
@@ -258,7 +258,7 @@ def test_reference_point_rend_equivalence(tiny_cfg) -> None:
         Boxes(torch.tensor([[8.3, 10.0, 70.5, 90.2], [60.0, 30.0, 120.0, 100.0]])),
         Boxes(torch.tensor([[0.0, 0.0, 127.0, 127.0]])),
     ]
-    ours = head.coarse_head(head._roi_features(features, boxes))
+    ours = head._coarse_logits(features, boxes)
     theirs = reference.coarse_head(reference._roi_pooler(features, boxes))
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
@@ -311,7 +311,7 @@ def _detections(counts: tuple[int, ...]) -> list[Instances]:
 
 def test_inference_output_shapes_with_and_without_detections(tiny_cfg) -> None:
     head = _make_head(_cfg(tiny_cfg)).eval()
-    assert (head.subdivision_init_side, head.subdivision_steps) == (7, 2)  # 4 * 7² > 100 points
+    assert (head.subdivision.init_side, head.subdivision.steps) == (7, 2)  # 4 * 7² > 100 points
     with torch.no_grad():
         for counts in ((3, 0), (0, 0), (0, 2)):
             detections = head(_features(), _detections(counts))
@@ -358,13 +358,13 @@ def test_subdivision_inference_equals_the_straightforward_loop(tiny_cfg, monkeyp
     # 7² points then 100 per box: chunks of 2 boxes, then of 1.
     monkeypatch.setattr(subdivision, "CPU_CHUNK_POINTS", 100)
     with torch.no_grad():
-        coarse = head.coarse_head(head._roi_features(features, boxes))
+        coarse = head._coarse_logits(features, boxes)
         straightforward = subdivision.adaptive_subdivision(
-            lambda coords: select_class_logits(head._point_logits(features, boxes, coords, coarse), classes),
+            lambda coords: select_class_logits(head._point_logits(coarse, features, boxes, coords), classes),
             len(classes),
-            head.subdivision_init_side,
-            head.subdivision_steps,
-            head.subdivision_num_points,
+            head.subdivision.init_side,
+            head.subdivision.steps,
+            head.subdivision.num_points,
             "cpu",
         )
         head(features, detections)
@@ -380,7 +380,7 @@ def test_default_subdivision_skips_steps_like_point_rend(tiny_cfg) -> None:
     cfg.MODEL.POINT_HEAD.SUBDIVISION_NUM_POINTS = 28 * 28
     head = ROI_MASK_HEAD_REGISTRY.get("PointSupPointRendMaskHead")(cfg, INPUT_SHAPE)
     # 7 -> 14 -> 28 re-predict every cell: start on the 28x28 grid, then 3 steps to 224x224.
-    assert (head.subdivision_init_side, head.subdivision_steps) == (28, 3)
+    assert (head.subdivision.init_side, head.subdivision.steps) == (28, 3)
 
 
 @pytest.mark.parametrize("point_sup", [True, False])

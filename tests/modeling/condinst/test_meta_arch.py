@@ -17,15 +17,18 @@ from detectron2.utils.events import EventStorage
 
 from point_sup import add_point_sup_config
 from point_sup.data.mixed_supervision import Supervision
-from point_sup.modeling.boxinst_losses import image_cells
-from point_sup.modeling.condinst import PointSupCondInst, _MaskInstances
-from point_sup.modeling.condinst_losses import (
+from point_sup.modeling.condinst import MaskInstances, PointSupCondInst
+from point_sup.modeling.condinst.boxinst import image_cells, removed_bottom_rows
+from point_sup.modeling.condinst.losses import (
+    box_cells_at_stride,
     dice_loss,
     mask_logits_to_image,
 )
+from point_sup.modeling.condinst.meta_arch import topk_per_object
+from point_sup.modeling.condinst.supervision import MaskLossInputs
 from point_sup.utils.host_syncs import count_host_syncs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -54,6 +57,16 @@ def _model(*opts, config="configs/nuclei/condinst_R_18_FPN_M.yaml") -> PointSupC
     return model
 
 
+def _loss_inputs(model, gt_instances, images=None, original_heights=None) -> MaskLossInputs:
+    """The mask losses' inputs for ``gt_instances`` (images of zeros of their sizes by default)."""
+    if images is None:
+        sizes = [gt.image_size for gt in gt_instances]
+        images = ImageList(torch.zeros(len(sizes), 3, *sizes[0]), sizes)
+    return MaskLossInputs(
+        gt_instances, images, model.mask_out_stride, model.pixel_mean, model.pixel_std, original_heights
+    )
+
+
 def _gt(image_size, boxes, masks=None, points=None):
     inst = Instances(image_size)
     inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
@@ -67,20 +80,20 @@ def _gt(image_size, boxes, masks=None, points=None):
 
 def test_point_loss_reads_each_points_own_pixel_and_ignores_points_outside_the_gt_box():
     model = _model(config="configs/nuclei/condinst_R_18_FPN_P10.yaml")
-    assert model.supervision == "points" and model.infer_crop_to_box
+    assert model.mask_loss.name == "points" and model.infer_crop_to_box
     h, w = 32, 48
     coords = torch.tensor([[[5.5, 6.5], [20.5, 9.5], [40.5, 30.5], [9.0, 13.0]]])
     labels = torch.tensor([[1.0, 0.0, 1.0, -2.0]])  # the last is padding
     gt = _gt((h, w), [[2, 2, 30, 20]], points=(coords, labels))  # point 3 is outside the box
     logits = torch.randn(2, 1, h // 4, w // 4, requires_grad=True)
-    inst = _MaskInstances(
+    inst = MaskInstances(
         image_index=torch.tensor([0, 0]),
         params=torch.zeros(2, 1),
         locations=torch.zeros(2, 2),
         sizes_of_interest=torch.ones(2),
         gt_index=torch.tensor([0, 0]),
     )
-    loss = model._point_loss(logits, inst, [gt])
+    loss = model.mask_loss(logits, inst, _loss_inputs(model, [gt]))["loss_mask"]
     # independent: BCE at cells (floor(y/4), floor(x/4)) of both instances' maps, divided by all
     # labelled points (the out-of-box one included: Detectron2's "all_points" normalisation)
     cells = [(1, 1, 1.0), (2, 5, 0.0)]
@@ -101,20 +114,20 @@ def test_the_bilinear_option_supervises_each_point_in_the_upsampled_mask():
     model = _model(
         "MODEL.CONDINST.POINT_LOGITS", "bilinear", config="configs/nuclei/condinst_R_18_FPN_P10.yaml"
     )
-    assert model.point_logits == "bilinear"
+    assert model.mask_loss.point_logits == "bilinear"
     h, w = 32, 48
     coords = torch.tensor([[[5.5, 6.5], [20.5, 9.5], [40.5, 30.5], [9.0, 13.0]]])
     labels = torch.tensor([[1.0, 0.0, 1.0, -2.0]])  # the last is padding; the third is outside the box
     gt = _gt((h, w), [[2, 2, 30, 20]], points=(coords, labels))
     logits = torch.randn(1, 1, h // 4, w // 4, requires_grad=True)
-    inst = _MaskInstances(
+    inst = MaskInstances(
         image_index=torch.tensor([0]),
         params=torch.zeros(1, 1),
         locations=torch.zeros(1, 2),
         sizes_of_interest=torch.ones(1),
         gt_index=torch.tensor([0]),
     )
-    loss = model._point_loss(logits, inst, [gt])
+    loss = model.mask_loss(logits, inst, _loss_inputs(model, [gt]))["loss_mask"]
     # independent: the inference mask (bilinear to input pixels) at the two in-box points' pixels
     upsampled = mask_logits_to_image(logits, 4, (h, w))[0, 0]
     total = F.binary_cross_entropy_with_logits(
@@ -135,7 +148,7 @@ def test_dice_loss_of_the_model_uses_each_instances_own_ground_truth():
     masks[1, 8:, 8:] = True
     gt = _gt((h, w), [[0, 0, 8, 8], [8, 8, 16, 16]], masks=masks)
     logits = torch.randn(3, 1, 4, 4)
-    inst = _MaskInstances(
+    inst = MaskInstances(
         image_index=torch.tensor([0, 0, 0]),
         params=torch.zeros(3, 1),
         locations=torch.zeros(3, 2),
@@ -143,7 +156,7 @@ def test_dice_loss_of_the_model_uses_each_instances_own_ground_truth():
         gt_index=torch.tensor([1, 0, 1]),
     )
     images = ImageList(torch.zeros(1, 3, h, w), [(h, w)])
-    got = model._dice_loss(logits, inst, [gt], images)
+    got = model.mask_loss(logits, inst, _loss_inputs(model, [gt], images))["loss_mask"]
     targets = masks[:, 2::4, 2::4].float()
     expected = dice_loss(logits.sigmoid()[:, 0], targets[[1, 0, 1]]).mean()
     torch.testing.assert_close(got, expected)
@@ -188,7 +201,7 @@ def test_trains_on_empty_images_zero_instances_and_degenerate_boxes_and_gradient
     ]
     with EventStorage(0):
         losses = model(batch)
-        mask_keys = {"loss_mask"} if model.supervision != "boxes" else {"loss_prj", "loss_pairwise"}
+        mask_keys = {"loss_mask"} if model.mask_loss.name != "boxes" else {"loss_prj", "loss_pairwise"}
         assert mask_keys <= set(losses) and {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"} <= set(losses)
         assert all(torch.isfinite(v) for v in losses.values()), losses
         sum(losses[k] for k in mask_keys).backward()
@@ -214,18 +227,19 @@ def test_boxinst_ignores_the_scaled_bottom_rows_of_the_original_image_in_the_pai
     boxinst = "configs/nuclei/boxinst_R_18_FPN_B.yaml"
     removing = _model("MODEL.BOXINST.BOTTOM_PIXELS_REMOVED", 10, config=boxinst)
     keeping = _model(config=boxinst)  # the nuclei config: 0
-    assert keeping.bottom_pixels_removed == 0 and removing.bottom_pixels_removed == 10
+    assert keeping.mask_loss.bottom_pixels_removed == 0 and removing.mask_loss.bottom_pixels_removed == 10
     assert add_point_sup_config(get_cfg()).MODEL.BOXINST.BOTTOM_PIXELS_REMOVED == 10  # AdelaiDet's
     size = (64, 96)
     # an input shown at twice its original height: 10 original rows are 20 input rows (5 cells)
     images = ImageList(torch.zeros(2, 3, *size), [size, (60, 96)])
-    inputs = [{"height": 32}, {"height": 60}]
-    assert removing.removed_bottom_rows(inputs, images) == [20, 10]
-    assert keeping.removed_bottom_rows(inputs, images) == [0, 0]
-    assert removing.removed_bottom_rows([{}, {}], images) == [10, 10]  # no "height": the input's own
+    assert removed_bottom_rows(10, [32, 60], images.image_sizes) == [20, 10]
+    assert removed_bottom_rows(0, [32, 60], images.image_sizes) == [0, 0]
+    assert removed_bottom_rows(10, [64, 60], images.image_sizes) == [10, 10]  # at the input's own height
 
-    similarity = removing._image_color_similarity(images, (16, 24), [20, 10])
-    offsets = removing.pairwise_offsets
+    similarity = removing.mask_loss.color_similarity(
+        _loss_inputs(removing, [], images, original_heights=[32, 60]), (16, 24)
+    )
+    offsets = removing.mask_loss.offsets
     valid = image_cells([size, (60, 96)], (16, 24), 4, [20, 10])
     assert valid[0, :11].all() and not valid[0, 11:].any()  # rows 4r + 2 < 44
     for k, (dy, _) in enumerate(offsets):
@@ -310,6 +324,11 @@ def _mixed_batch(kinds: list[int]):
     return [_batch(size, gt, seed=1), _batch(size, empty, seed=2)]
 
 
+def _kinds(model) -> list[Supervision]:
+    """The kinds of a mixed model's mask loss that have a loss."""
+    return [kind for kind, _ in model.mask_loss.kinds]
+
+
 def _condinst_losses(model, batch, seed=0):
     torch.manual_seed(seed)
     model.train()
@@ -331,7 +350,7 @@ def test_mixed_supervision_of_one_kind_gives_todays_losses_exactly(config, kind)
     pure = _model(config=config)
     opts = ["INPUT.POINT_SUP", False, "MODEL.MIXED_SUP.ENABLED", True]
     mixed = _model(*opts, config=config)
-    assert mixed.supervision == "mixed" and mixed.mixed_box_losses == (kind == 0)
+    assert mixed.mask_loss.name == "mixed" and (Supervision.BOX in _kinds(mixed)) == (kind == 0)
     mixed.load_state_dict(pure.state_dict())
     batch = _mixed_batch([kind] * 4)
     a, b = _condinst_losses(pure, batch), _condinst_losses(mixed, batch)
@@ -365,22 +384,21 @@ def test_mixed_condinst_reaches_each_object_only_through_its_own_kind():
         features = [model.backbone(images.tensor)[f] for f in model.head_in_features]
         predictions = model.head(features)
         gt_instances = [x["instances"] for x in batch]
-        logits, _, ctrness, params = model._transpose_dense_predictions(
-            predictions, [model.num_classes, 4, 1, model.mask_head_layout.num_params]
-        )
+        logits, _, ctrness, params = model.dense_predictions(predictions)
         anchors = model.anchor_generator(features)
-        gt_labels, _, gt_index = model._match(anchors, gt_instances)
-        inst = model._positive_instances(anchors, gt_labels, gt_index, logits, ctrness, params)
-        mask_features = model.mask_branch(dict(zip(model.head_in_features, features, strict=True)))
-        mask_logits = model._mask_logits(mask_features, inst)
+        gt_labels, _, gt_index = model.match(anchors, gt_instances)
+        inst = model.positive_instances(anchors, gt_labels, gt_index, logits, ctrness, params)
+        mask_logits = model.mask_logits(model.mask_features(features), inst)
         kind = torch.tensor(kinds)[inst.gt_index]
         counts = [int((kind == k).sum()) for k in (2, 1, 0)]
         assert min(counts) > 0
         w = [c / sum(counts) for c in counts]
         rows = [kind == k for k in (2, 1, 0)]
-        dice = model._dice_loss(mask_logits[rows[0]], inst.select(rows[0]), gt_instances, images)
-        point = model._point_loss(mask_logits[rows[1]], inst.select(rows[1]), gt_instances)
-        prj, _ = model._box_losses(mask_logits[rows[2]], inst.select(rows[2]), gt_instances, images)
+        inputs = _loss_inputs(model, gt_instances, images)
+        (_, dice_loss_of), (_, point_loss_of), (_, box_losses_of) = model.mask_loss.kinds
+        dice = dice_loss_of(mask_logits[rows[0]], inst.select(rows[0]), inputs)["loss_mask"]
+        point = point_loss_of(mask_logits[rows[1]], inst.select(rows[1]), inputs)["loss_mask"]
+        prj = box_losses_of(mask_logits[rows[2]], inst.select(rows[2]), inputs)["loss_prj"]
     torch.testing.assert_close(losses["loss_mask"], w[0] * dice + w[1] * point, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses["loss_prj"], w[2] * prj, rtol=1e-5, atol=1e-6)
     assert gt.gt_supervision.tolist() == kinds
@@ -388,7 +406,7 @@ def test_mixed_condinst_reaches_each_object_only_through_its_own_kind():
 
 def test_mixed_condinst_without_boxinst_gives_box_only_objects_no_mask_loss():
     model = _model("MODEL.MIXED_SUP.ENABLED", True)
-    assert not model.mixed_box_losses
+    assert Supervision.BOX not in _kinds(model)
     losses = _condinst_losses(model, _mixed_batch([0, 0, 0, 0]))
     assert "loss_prj" not in losses and float(losses["loss_mask"]) == 0.0
     model.zero_grad()
@@ -457,7 +475,7 @@ SUPERVISIONS = {
 
 
 def _topk_per_object_loop(positive, gt_index, score, k):
-    """PointSupCondInst._topk_per_object before issue 23 (a loop per image and per object), the
+    """topk_per_object before issue 23 (a loop per image and per object), the
     reference: per image, each object's ``max(k // #objects, 1)`` best positive locations by
     ``topk``."""
     kept = torch.zeros_like(positive)
@@ -471,12 +489,6 @@ def _topk_per_object_loop(positive, gt_index, score, k):
             best = score[i, where].topk(min(per_object, len(where))).indices
             kept[i, where[best]] = True
     return kept
-
-
-def _topk_per_object(positive, gt_index, score, k):
-    return PointSupCondInst._topk_per_object(
-        SimpleNamespace(topk_proposals_per_image=k), positive, gt_index, score
-    )
 
 
 def test_topk_per_object_keeps_what_the_per_object_loop_kept_without_reading_the_device():
@@ -506,7 +518,7 @@ def test_topk_per_object_keeps_what_the_per_object_loop_kept_without_reading_the
         # Where not positive, _match gives -1; the top-k must not read it at all.
         garbage = torch.where(positive, gt_index, torch.randint(-1, 1000, gt_index.shape, generator=g))
         with count_host_syncs() as syncs:
-            kept = _topk_per_object(positive, garbage, score, k)
+            kept = topk_per_object(positive, garbage, score, k)
         assert not syncs, syncs
         expected = _topk_per_object_loop(positive, gt_index, score, k)
         assert torch.equal(kept, expected), (case, num_images, objects, k)
@@ -518,7 +530,7 @@ def test_topk_per_object_ranks_equal_scores_by_location_index():
     score = torch.tensor([[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.1, 0.5, 0.9]])
     # 3 objects, k = 6: 2 per object; object 0: 0.9 at 6, then the lowest index of its 0.5s (0);
     # object 1: its three 0.5s at 1, 3, 5 (9 is not positive): 1 and 3; object 2: 7 alone.
-    kept = _topk_per_object(positive, gt_index, score, 6)
+    kept = topk_per_object(positive, gt_index, score, 6)
     assert kept[0].nonzero()[:, 0].tolist() == [0, 1, 3, 6, 7]
 
 
@@ -526,7 +538,7 @@ def test_per_instance_rows_come_from_each_instances_own_image():
     per_image = [torch.tensor([10, 11]), torch.zeros(0, dtype=torch.int64), torch.tensor([20, 21, 22])]
     inst = SimpleNamespace(image_index=torch.tensor([2, 0, 2, 0, 2]), gt_index=torch.tensor([2, 1, 0, 0, 1]))
     with count_host_syncs() as syncs:
-        rows = PointSupCondInst._per_instance(inst, per_image)
+        rows = MaskInstances.per_instance(inst, per_image)
     assert not syncs, syncs
     assert rows.tolist() == [22, 11, 20, 10, 21]
 
@@ -536,7 +548,7 @@ def test_the_training_step_reads_the_device_once_to_size_the_mask_heads_batch(nu
     """Counted on CPU, as a GPU would wait: the head, the mask branch, the mask losses, their targets
     and BoxInst's top-k (forward and backward) read one count from the device (the positive
     locations' ``nonzero``); Detectron2's FCOS losses, which read their own, are left out. The point
-    loss logs its statistics with one copy (point_sup.modeling.point_loss)."""
+    loss logs its statistics with one copy (point_sup.modeling.common.point_loss)."""
     config, opts, kinds = SUPERVISIONS[supervision]
     model = _model(*opts, config=config)
     model.train()
@@ -548,10 +560,11 @@ def test_the_training_step_reads_the_device_once_to_size_the_mask_heads_batch(nu
         features = [features[f].requires_grad_() for f in model.head_in_features]
         gt = [x["instances"] for x in batch]
         with mock.patch.object(model, "losses", return_value={}), count_host_syncs() as syncs:
-            losses = model.forward_training(images, features, model.head(features), gt, [0, 0])
+            heights = [x["height"] for x in batch]
+            losses = model.forward_training(images, features, model.head(features), gt, heights)
             sum(losses.values()).backward()
     assert syncs.pop("nonzero") == 1
-    if model.supervision in ("points", "mixed"):
+    if model.mask_loss.name in ("points", "mixed"):
         assert syncs.pop("to host", 0) <= 1
     assert not syncs, syncs
 
@@ -606,18 +619,15 @@ def test_float16_inference_gives_finite_outputs_and_masks_close_to_float32(nucle
         computing its own features and generated heads (a detection's location depends on scores
         that a randomly initialised head makes nearly equal)."""
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16, enabled=amp):
-            _, features, predictions = model._predict(inputs)
-            params = model._transpose_dense_predictions(
-                predictions, [model.num_classes, 4, 1, model.mask_head_layout.num_params]
-            )[3]
-            centers, soi = model._level_tensors(model.anchor_generator(features))
+            _, features, predictions = model.predict(inputs)
+            params = model.dense_predictions(predictions)[3]
+            centers, soi = model.level_tensors(model.anchor_generator(features))
             flat = torch.arange(0, len(centers), 37).repeat(2)
             image_index = torch.arange(2).repeat_interleave(len(flat) // 2)
-            inst = _MaskInstances(
+            inst = MaskInstances(
                 image_index, torch.cat(params, dim=1)[image_index, flat], centers[flat], soi[flat]
             )
-            mask_features = model.mask_branch(dict(zip(model.head_in_features, features, strict=True)))
-            return model._mask_logits(mask_features, inst)
+            return model.mask_logits(model.mask_features(features), inst)
 
     full, half = mask_logits(False), mask_logits(True)
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
@@ -628,3 +638,23 @@ def test_float16_inference_gives_finite_outputs_and_masks_close_to_float32(nucle
     half_masks = mask_logits_to_image(half, model.mask_out_stride, (64, 96)) > threshold
     assert 0.2 < full_masks.float().mean() < 0.8
     assert (full_masks != half_masks).float().mean() <= FLOAT16_MASK_PIXELS_DIFFERING
+
+
+def test_the_deprecated_inference_argument_for_given_boxes_gives_the_engines_masks():
+    """``model.inference(detected_instances=...)`` warns and returns what
+    point_sup.engine.given_boxes computes: one mask per given box, inside it."""
+    from point_sup.engine.given_boxes import inference_with_given_boxes
+
+    model = _model(config="configs/nuclei/condinst_R_18_FPN_P10.yaml").eval()
+    inputs = [_batch((64, 96), seed=4)]
+    given = Instances((64, 96))
+    given.pred_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 30.0], [50.0, 20.0, 90.0, 60.0]]))
+    given.pred_classes = torch.zeros(2, dtype=torch.int64)
+    with torch.no_grad():
+        ours = inference_with_given_boxes(model, inputs, [given])[0]["instances"]
+        with pytest.warns(DeprecationWarning, match="given_boxes"):
+            old = model.inference(inputs, detected_instances=[given])[0]["instances"]
+    assert ours.pred_masks.shape == (2, 64, 96)
+    assert torch.equal(ours.pred_masks, old.pred_masks)
+    outside = ~box_cells_at_stride(given.pred_boxes.tensor, (64, 96), 1)
+    assert not (ours.pred_masks & outside).any()

@@ -16,8 +16,12 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from point_sup.modeling.mask_rcnn_point_sup import PointSupMaskRCNNConvUpsampleHead, roi_grid_point_loss
-from point_sup.modeling.point_features import generate_regular_grid_point_coords, get_point_coords_wrt_image
+from point_sup.modeling.common.point_features import (
+    generate_regular_grid_point_coords,
+    get_point_coords_wrt_image,
+)
+from point_sup.modeling.common.point_loss import roi_grid_point_loss
+from point_sup.modeling.mask_rcnn.mask_head import PointSupMaskRCNNConvUpsampleHead
 
 SIDE = 28
 
@@ -78,7 +82,7 @@ def test_head_from_points_equals_head_from_masks(tiny_cfg) -> None:
     mask_head = head_cls(_head_cfg(tiny_cfg, False), shape, loss_weight=2.0)
     point_head = head_cls(_head_cfg(tiny_cfg, True), shape, loss_weight=2.0)
     assert isinstance(point_head, MaskRCNNConvUpsampleHead)
-    assert point_head.point_sup and not mask_head.point_sup
+    assert point_head.point_loss_options.point_sup and not mask_head.point_loss_options.point_sup
     point_head.load_state_dict(mask_head.state_dict())
     # A larger predictor init than the parent's 0.001 so the masks are far from uniform.
     torch.nn.init.normal_(point_head.predictor.weight, std=0.5)

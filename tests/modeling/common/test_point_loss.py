@@ -8,16 +8,15 @@ import torch.nn.functional as F
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from point_sup.modeling.point_features import point_sample
-from point_sup.modeling.point_loss import (
-    IGNORE_LABEL,
-    PADDING_LABEL,
+from point_sup.modeling.common.point_features import point_sample
+from point_sup.modeling.common.point_loss import (
     get_point_targets,
     ignore_points_outside_boxes,
     mask_labels_at_points,
     point_bce_loss,
     select_class_logits,
 )
+from point_sup.point_labels import IGNORE_LABEL, PADDING_LABEL
 from point_sup.utils.host_syncs import count_host_syncs
 
 

@@ -1,4 +1,4 @@
-"""BoxInst's losses and colour similarity (point_sup.modeling.boxinst_losses) against direct formulas."""
+"""BoxInst's losses and colour similarity (point_sup.modeling.condinst.boxinst) against direct formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from point_sup.modeling.boxinst_losses import (
+from point_sup.modeling.condinst.boxinst import (
     color_similarity,
     image_cells,
     neighbour_offsets,

@@ -1,4 +1,4 @@
-"""CondInst's mask and point losses (point_sup.modeling.condinst_losses) against direct formulas."""
+"""CondInst's mask and point losses (point_sup.modeling.condinst.losses) against direct formulas."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from detectron2.structures import BitMasks, PolygonMasks
 
-from point_sup.modeling.condinst_losses import (
+from point_sup.modeling.condinst.losses import (
     box_masks_at_stride,
     dice_loss,
     mask_cells_at_stride,

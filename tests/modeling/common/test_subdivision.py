@@ -1,12 +1,12 @@
-"""The adaptive-subdivision loop's chunked point evaluation (point_sup.modeling.subdivision)."""
+"""The adaptive-subdivision loop's chunked point evaluation (point_sup.modeling.common.subdivision)."""
 
 from __future__ import annotations
 
 import torch
 from detectron2.structures import Boxes
 
-from point_sup.modeling import subdivision
-from point_sup.modeling.point_features import box_chunks
+from point_sup.modeling.common import subdivision
+from point_sup.modeling.common.point_features import box_chunks
 
 
 def _boxes(counts: list[int]) -> list[Boxes]:

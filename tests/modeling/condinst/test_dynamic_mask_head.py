@@ -1,4 +1,4 @@
-"""CondInst's dynamic mask head (point_sup.modeling.dynamic_mask_head) against explicit convolutions."""
+"""CondInst's dynamic mask head (point_sup.modeling.condinst.dynamic_mask_head) against explicit convs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from point_sup.modeling.dynamic_mask_head import (
+from point_sup.modeling.condinst.dynamic_mask_head import (
     DynamicMaskHeadLayout,
     dynamic_mask_logits,
     relative_coordinates,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.structures import Boxes
 
-from point_sup.modeling.point_features import (
+from point_sup.modeling.common.point_features import (
     calculate_uncertainty,
     features_for_point_sampling,
     generate_regular_grid_point_coords,
