@@ -9,6 +9,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
+CONFIGS_PACKAGE = "point_sup.model_zoo_configs"  # point_sup.model_zoo reads the installed configs there
 
 
 def _requirements() -> list[str]:
@@ -27,9 +28,19 @@ setup(
     python_requires=">=3.10,<3.13",
     # Two packages: point_sup_labels makes P_N labels (simulation, formats, the annotation tool) and
     # imports neither torch nor detectron2; point_sup trains from them on Detectron2.
-    packages=find_packages(include=["point_sup", "point_sup.*", "point_sup_labels", "point_sup_labels.*"]),
-    # The annotation tool's page (plain HTML/CSS/JS, served by point_sup_labels.annotation.server).
-    package_data={"point_sup_labels.annotation": ["static/*.html", "static/*.js", "static/*.css"]},
+    packages=[
+        *find_packages(include=["point_sup", "point_sup.*", "point_sup_labels", "point_sup_labels.*"]),
+        CONFIGS_PACKAGE,
+    ],
+    # configs/ stays at the repository root (tools/ and README commands name configs/...), and is
+    # installed as the data package point_sup/model_zoo_configs with the same layout, so that
+    # point_sup.model_zoo finds it after a plain `pip install` and the _BASE_ paths still resolve.
+    package_dir={CONFIGS_PACKAGE: "configs"},
+    package_data={
+        # The annotation tool's page (plain HTML/CSS/JS, served by point_sup_labels.annotation.server).
+        "point_sup_labels.annotation": ["static/*.html", "static/*.js", "static/*.css"],
+        CONFIGS_PACKAGE: ["*.yaml", "**/*.yaml"],
+    },
     install_requires=_requirements(),
     extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "tifffile"]},
 )

@@ -27,6 +27,15 @@ from pathlib import Path
 logger = logging.getLogger("point_sup.annotate")
 
 COMMANDS = ("serve", "merge", "report")
+# --help's texts, beside the commands they describe.
+DESCRIPTION = (
+    "P_N point annotation (Cheng et al., CVPR 2022, §3.1): for each box, N random "
+    "points shown one at a time, each answered object or background."
+)
+EPILOG = (
+    "Without a command, 'serve' is assumed: annotate.py --images DIR --annotations "
+    "boxes.json --output points.json. Run 'annotate.py COMMAND --help' for each command."
+)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -40,13 +49,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="annotate.py",
-        description="P_N point annotation (Cheng et al., CVPR 2022, §3.1): for each box, N random "
-        "points shown one at a time, each answered object or background.",
-        epilog="Without a command, 'serve' is assumed: annotate.py --images DIR --annotations "
-        "boxes.json --output points.json. Run 'annotate.py COMMAND --help' for each command.",
-    )
+    parser = argparse.ArgumentParser(prog="annotate.py", description=DESCRIPTION, epilog=EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="{serve,merge,report}")
 
     serve = sub.add_parser("serve", help="start the annotation web app (the default command)")

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from point_sup_labels.coco_format import CocoFormatError, load_coco_instances
 from point_sup_labels.formats import FORMATS, Options, read_annotations, write_annotations
-from point_sup_labels.formats.common import check_outputs, warn_points_outside_boxes, write_files
+from point_sup_labels.formats.outputs import check_outputs, write_files
+from point_sup_labels.formats.rules import warn_points_outside_boxes
 from point_sup_labels.log import setup_logger
 from point_sup_labels.process import exit_on_termination, raise_if_stop_requested
 

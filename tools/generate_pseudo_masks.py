@@ -73,17 +73,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "lower it if memory is short); the output does not depend on it",
     )
     cli.add_register_argument(parser)
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU)")
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    parser.add_argument(
-        "--machine-rank", type=int, default=0, help="rank of this machine (0 writes the output)"
-    )
-    parser.add_argument(
-        "--dist-url",
-        default=None,
-        help="initialization URL of the process group, tcp://HOST:PORT of machine 0 (required with "
-        "--num-machines > 1; one machine: a free local port)",
-    )
+    cli.add_launch_arguments(parser, rank0_role="writes the output")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
     return parser
 
@@ -101,35 +91,23 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether ``a`` and ``b`` name one file, also through a symbolic or hard link."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # either does not exist
-        return False
-
-
 def input_error(args: argparse.Namespace) -> str | None:
     """Why the run cannot start, or None: checked once before any process starts or anything is
     written, so that a mistake is one message rather than a traceback from every process after a
     model was built. Registers the datasets (in this process)."""
     if args.batch_size < 1:
         return f"--batch-size must be at least 1, got {args.batch_size}"
-    if args.num_gpus < 1 or args.num_machines < 1 or not 0 <= args.machine_rank < args.num_machines:
-        return "--num-gpus and --num-machines must be at least 1, and 0 <= --machine-rank < --num-machines"
-    if args.num_machines > 1 and not args.dist_url:
-        return "--dist-url tcp://HOST:PORT (machine 0's address) is required with --num-machines > 1"
+    problem = cli.launch_error(args)
+    if problem is not None:
+        return problem
     try:
         cfg = checked_config(args.config_file, args.opts)
     except ConfigError as e:
         return str(e)
+    problem = cli.weights_error(cfg, "point-trained model")
+    if problem is not None:
+        return problem
     weights = cfg.MODEL.WEIGHTS
-    if not weights:
-        return "MODEL.WEIGHTS is empty: give the point-trained model (MODEL.WEIGHTS path/to/model_final.pth)"
-    if "://" not in weights and not os.path.isfile(weights):  # URLs are fetched by the checkpointer
-        return f"MODEL.WEIGHTS {weights} does not exist"
     try:
         register_datasets(args)
     except (OSError, ValueError, TypeError, AssertionError) as e:
@@ -147,7 +125,7 @@ def input_error(args: argparse.Namespace) -> str | None:
         "--config-file": args.config_file,
     }
     for what, path in inputs.items():
-        if path and "://" not in str(path) and _same_file(path, output):
+        if path and "://" not in str(path) and cli.same_file(path, output):
             return f"--output {output} is {what} ({path}): refusing to overwrite an input"
     existing = next(p for p in (output.absolute().parent, *output.absolute().parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):

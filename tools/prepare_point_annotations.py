@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from point_sup_labels import cli
 from point_sup_labels.coco_format import (
     CocoFormatError,
     dumps_json,
@@ -48,10 +49,11 @@ from point_sup_labels.coco_format import (
 )
 from point_sup_labels.file_io import StagedFiles, probe_writable
 from point_sup_labels.log import setup_logger
+from point_sup_labels.mixed_supervision import apply_supervision
 from point_sup_labels.point_file import set_point_fields
 from point_sup_labels.process import exit_on_termination, gc_paused, make_worker_pool, raise_if_stop_requested
 from point_sup_labels.sharded import NotShardableError, ShardedSimulation, ShardWorkers
-from point_sup_labels.simulate import apply_supervision, simulate_point_annotations
+from point_sup_labels.simulate import simulate_point_annotations
 from point_sup_labels.time_model import annotation_time
 
 logger = logging.getLogger("point_sup.prepare_point_annotations")
@@ -77,24 +79,7 @@ def output_paths(output: str, num_versions: int) -> list[Path]:
     return [p.with_name(f"{p.stem}_v{k}{p.suffix}") for k in range(num_versions)]
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value < 2**64:  # the sampler's keys are 64-bit
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
+_fraction = cli.number_type(lambda v: 0.0 <= v <= 1.0, "in [0, 1]")  # the range test refuses nan
 
 
 def check_outputs(outputs: list[Path], inputs: list[str]) -> str | None:
@@ -152,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read a dataset registered in Detectron2's DatasetCatalog instead of INPUT",
     )
     parser.add_argument("--num-points", type=int, default=10, help="points per object, N (default 10)")
-    parser.add_argument("--seed", type=_seed, default=0, help="random seed in [0, 2**64) (default 0)")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="random seed in [0, 2**64) (default 0)")
     parser.add_argument(
         "--num-versions",
         type=int,

@@ -18,65 +18,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from point_sup_labels.cli import OneLineErrorParser, number_type, seed  # argparse only: a fast start
+
 logger = logging.getLogger("point_sup.select_annotation_budget")
 
 
-class _Parser(argparse.ArgumentParser):
-    """Errors are one line (no usage block): the message names the argument at fault."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = _finite(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**64), got {text}")
-    return value
+# "inf" and "nan" are refused first ("not a finite number"), then the range.
+_fraction = number_type(lambda v: 0 < v <= 1, "in (0, 1]", finite=True)
+_positive = number_type(lambda v: v > 0, "> 0", finite=True)
+_non_negative = number_type(lambda v: v >= 0, ">= 0", finite=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="select_annotation_budget.py",
         description=(
             "Select the images of a COCO-format dataset that fit an annotation budget or fraction "
@@ -115,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="H",
         help="take the longest prefix of the image order whose annotation time fits in H hours",
     )
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of the image order (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the image order (default 0)")
     parser.add_argument(
         "--categorization-seconds",
         type=_non_negative,

@@ -2,7 +2,9 @@
 
 * :func:`draw_points`: boxes and labelled points (object points red, background points blue);
 * :func:`draw_predictions`: predicted masks as semi-transparent fills in distinct colours, each with
-  a solid contour; a small "class score" label only when the dataset has several classes.
+  a solid contour; a small "class score" label only when the dataset has several classes; optionally
+  the P_N points of the image on top (as in Figure 1). ``point_sup.draw_predictions`` is this
+  function; it also takes an image file's path.
 
 Both draw with numpy (cv2 only for label text) on a copy of the image upscaled by an integer factor
 with nearest-neighbour sampling (``scale``), so that small images stay sharp: points, boxes and
@@ -14,10 +16,13 @@ continuous ``(x + 0.5, y + 0.5)`` is the centre of pixel ``(x, y)``, and is draw
 from __future__ import annotations
 
 import colorsys
+import os
 from collections.abc import Sequence
 
 import numpy as np
 from detectron2.structures import BoxMode
+
+from .images import read_image
 
 __all__ = [
     "BACKGROUND_COLOR",
@@ -78,9 +83,6 @@ def draw_points(
     """
     scale = _check_scale(scale)
     canvas = upscale(_check_image(image_rgb), scale).astype(np.float64)
-    if radius is None:
-        radius = max(2.0, 0.005 * max(image_rgb.shape[:2]) * scale)
-    outline = max(1.0, scale / 3) if scale > 1 else 0.0
     line = max(1, scale // 2)
     names = _class_names(metadata)
     if labels is None:
@@ -93,17 +95,12 @@ def draw_points(
             cls = int(ann.get("category_id", 0))
             _draw_label(canvas, names[cls] if names else str(cls), x0, y0, scale)
     # Points after all boxes, so no box line covers a point.
-    for ann in annotations:
-        coords = ann.get("point_coords", [])
-        point_labels = ann.get("point_labels", [])
-        for (x, y), label in zip(coords, point_labels, strict=True):
-            color = OBJECT_COLOR if label == 1 else BACKGROUND_COLOR
-            _draw_disk(canvas, float(x) * scale, float(y) * scale, radius, _rgb(color), outline)
+    _draw_annotation_points(canvas, annotations, image_rgb.shape[:2], radius, scale)
     return _to_uint8(canvas)
 
 
 def draw_predictions(
-    image_rgb: np.ndarray,
+    image: np.ndarray | str | os.PathLike,
     instances,
     metadata=None,
     score_threshold: float = 0.5,
@@ -111,6 +108,7 @@ def draw_predictions(
     alpha: float = 0.5,
     contour_width: int | None = None,
     labels: bool | None = None,
+    points: Sequence[dict] | None = None,
 ) -> np.ndarray:
     """Predicted masks with score >= ``score_threshold``: coloured fills and contours.
 
@@ -119,7 +117,8 @@ def draw_predictions(
     are drawn last, on top. Instances without ``pred_masks`` are drawn as box outlines.
 
     Args:
-        image_rgb: (H, W, 3) uint8 RGB.
+        image: (H, W, 3) uint8 RGB, or the path of an image file (read as RGB, EXIF-rotated as
+            Detectron2 reads it; :class:`point_sup.utils.images.UnreadableImageError` if it cannot be).
         instances: Detectron2 ``Instances`` at the image's resolution (``scores``, ``pred_masks``
             (N, H, W), ``pred_boxes``, ``pred_classes``), on any device.
         metadata: dataset metadata (for class names); optional.
@@ -129,12 +128,15 @@ def draw_predictions(
         contour_width: contour thickness in output pixels (default ``max(1, round(scale / 2))``).
         labels: write "class score" at each instance; default: only when the dataset has several
             classes (with one class, labels would only hide the masks).
+        points: P_N annotations of the image to draw on top, as :func:`draw_points` takes them
+            (``point_coords`` in continuous image coordinates, ``point_labels``: 1 red, 0 blue);
+            their boxes are not drawn.
 
     Returns:
         (H * scale, W * scale, 3) uint8 RGB.
     """
     scale = _check_scale(scale)
-    image_rgb = _check_image(image_rgb)
+    image_rgb = _check_image(read_image(image, "RGB") if isinstance(image, (str, os.PathLike)) else image)
     canvas = upscale(image_rgb, scale).astype(np.float64)
     instances = instances.to("cpu")
     instances = instances[instances.scores >= score_threshold]
@@ -167,6 +169,8 @@ def draw_predictions(
             cls = int(classes[i])
             name = names[cls] if names is not None and cls < len(names) else str(cls)
             _draw_label(canvas, f"{name} {scores[i]:.0%}", *anchor, scale)
+    if points:
+        _draw_annotation_points(canvas, points, image_rgb.shape[:2], None, scale)
     return _to_uint8(canvas)
 
 
@@ -197,6 +201,25 @@ def _to_uint8(canvas: np.ndarray) -> np.ndarray:
 def _class_names(metadata) -> list[str] | None:
     names = metadata.get("thing_classes", None) if metadata is not None else None
     return list(names) if names else None
+
+
+def _draw_annotation_points(
+    canvas: np.ndarray,
+    annotations: Sequence[dict],
+    image_hw: tuple[int, int],
+    radius: float | None,
+    scale: int,
+) -> None:
+    """The labelled points of ``annotations`` (object red, background blue) on the upscaled canvas."""
+    if radius is None:  # grows with the image, so points stay visible on large pictures
+        radius = max(2.0, 0.005 * max(image_hw) * scale)
+    outline = max(1.0, scale / 3) if scale > 1 else 0.0
+    for ann in annotations:
+        coords = ann.get("point_coords", [])
+        point_labels = ann.get("point_labels", [])
+        for (x, y), label in zip(coords, point_labels, strict=True):
+            color = OBJECT_COLOR if label == 1 else BACKGROUND_COLOR
+            _draw_disk(canvas, float(x) * scale, float(y) * scale, radius, _rgb(color), outline)
 
 
 def _draw_disk(canvas: np.ndarray, cx: float, cy: float, radius: float, color, outline: float) -> None:
