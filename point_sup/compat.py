@@ -44,9 +44,10 @@ _EXTENSION = "detectron2._C"
 
 ADVICE = (
     "This detectron2 has no usable compiled extension (detectron2._C). Rotated boxes, deformable "
-    "convolution and the C++ COCOeval need it: install detectron2 from source (README.md, "
-    "'Installing on your own GPU machine'), or avoid the feature (for COCO evaluation use "
-    "COCOEvaluator(..., use_fast_impl=False), which point_sup's evaluators select automatically)."
+    "convolution and the C++ COCOeval need it: install detectron2 from source "
+    "(docs/getting_started.md, 'Installing on your own GPU machine'), or avoid the feature (for COCO "
+    "evaluation use COCOEvaluator(..., use_fast_impl=False), which point_sup's evaluators select "
+    "automatically)."
 )
 
 
@@ -129,7 +130,7 @@ def apply() -> bool:
     except ImportError as e:
         raise ImportError(
             f"point_sup needs detectron2, which is not importable here ({e}). Run `make setup` "
-            "(tools/setup_env.sh) or see README.md, 'Installing on your own GPU machine'."
+            "(tools/setup_env.sh) or see docs/getting_started.md, 'Installing on your own GPU machine'."
         ) from e
     try:
         importlib.import_module(_EXTENSION)

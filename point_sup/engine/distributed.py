@@ -10,7 +10,7 @@ Two differences from Detectron2's ``create_ddp_model``, which
   rank 0 at construction (PyTorch >= 1.13), while ``default_setup`` seeds every rank differently: a
   buffer drawn at random in ``__init__`` (Implicit PointRend's positional-encoding matrix) would
   differ per rank. Every buffer is broadcast from rank 0 once, right after wrapping, so all replicas
-  start identical (docs/distributed.md).
+  start identical (docs/multi_gpu.md).
 """
 
 from __future__ import annotations

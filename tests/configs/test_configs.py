@@ -1,6 +1,6 @@
 """Every YAML under configs/ loads, builds and trains one iteration, so none can rot.
 
-The configs of README.md's recipes are trained at their full architecture on dataset replicas by
+The configs of docs/reproducing.md's recipes are trained at their full architecture on dataset replicas by
 tests/recipes/test_readme_recipes.py; the others (the 1x schedules, the nuclei miniature) here, shrunk
 to a tiny model on the nuclei data (TINY_OVERRIDES).
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
-from recipes.readme_recipes import configs_of_recipes, parse_recipes
+from recipes.readme_recipes import configs_of_recipes, recipe_groups
 
 from point_sup import add_point_sup_config
 from point_sup.config import CONDINST_META_ARCHITECTURE, is_condinst
@@ -20,7 +20,7 @@ from point_sup.engine import PointSupTrainer
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("Base-"))
-IN_RECIPES = {ROOT / c for c in configs_of_recipes(parse_recipes((ROOT / "README.md").read_text()))}
+IN_RECIPES = {ROOT / c for c in configs_of_recipes(recipe_groups())}
 NOT_IN_RECIPES = [p for p in CONFIGS if p not in IN_RECIPES]
 
 

@@ -1,4 +1,4 @@
-"""The recipe block of README.md: parsing it, and the argv of each command as bash would pass it.
+"""The recipe block of docs/reproducing.md: parsing it, and the argv of each command as bash would pass it.
 
 The block lies between ``<!-- recipes:begin -->`` and ``<!-- recipes:end -->``: a bash code block of
 groups, each opened by a comment ``# [group-id] title`` and followed by ``python tools/<tool>.py ...``
@@ -13,6 +13,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# The page that holds the recipe block (README.md links to it).
+RECIPES_DOC = Path(__file__).resolve().parents[2] / "docs" / "reproducing.md"
+
 BEGIN, END = "<!-- recipes:begin -->", "<!-- recipes:end -->"
 _GROUP = re.compile(r"^# \[(?P<id>[a-z0-9-]+)\] (?P<title>.+)$")
 
@@ -24,10 +27,11 @@ class RecipeGroup:
     commands: list[str] = field(default_factory=list)
 
 
-def parse_recipes(readme: str) -> list[RecipeGroup]:
-    """The groups of the recipe block, in order, each with its commands as written (one line each)."""
-    start, end = readme.index(BEGIN), readme.index(END)
-    block = readme[start + len(BEGIN) : end].strip()
+def parse_recipes(text: str) -> list[RecipeGroup]:
+    """The groups of the recipe block in ``text`` (a page's markdown, e.g. RECIPES_DOC's), in order,
+    each with its commands as written (one line each)."""
+    start, end = text.index(BEGIN), text.index(END)
+    block = text[start + len(BEGIN) : end].strip()
     if not (block.startswith("```bash\n") and block.endswith("```")):
         raise ValueError("the recipe block must be one ```bash code block")
     lines = block[len("```bash\n") : -3].replace("\\\n", " ").splitlines()
@@ -48,6 +52,11 @@ def parse_recipes(readme: str) -> list[RecipeGroup]:
         else:
             groups[-1].commands.append(line)
     return groups
+
+
+def recipe_groups() -> list[RecipeGroup]:
+    """The groups of RECIPES_DOC's recipe block."""
+    return parse_recipes(RECIPES_DOC.read_text(encoding="utf-8"))
 
 
 def bash_argv(command: str, env: dict[str, str], cwd: Path) -> list[str]:

@@ -1,8 +1,8 @@
-"""Runs README.md's recipe block as written, in one process (the recipe test starts it).
+"""Runs the recipe block of docs/reproducing.md as written, in one process (the recipe test starts it).
 
-    python tests/recipes/run_recipes.py README.md RESULTS.jsonl [--groups coco voc ...]
+    python tests/recipes/run_recipes.py docs/reproducing.md RESULTS.jsonl [--groups coco voc ...]
 
-Run it from a working directory that has the repository's ``tools/`` and ``configs/`` (the README's
+Run it from a working directory that has the repository's ``tools/`` and ``configs/`` (the block's
 commands name them relative to the repository root), with ``$DETECTRON2_DATASETS`` and
 ``$FVCORE_CACHE`` set. Each command is turned into argv exactly as bash would, given the scale knobs
 of tests/recipes/scale.py, and handed to the tool's own entry point (its argument parser and main)
@@ -114,13 +114,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("readme")
+    parser.add_argument("page", help="the markdown page with the recipe block (docs/reproducing.md)")
     parser.add_argument("results")
     parser.add_argument("--groups", nargs="*", help="only these recipe groups (default: all)")
     args = parser.parse_args()
     import point_sup  # noqa: F401  (as every tool does first)
 
-    groups = parse_recipes(Path(args.readme).read_text())
+    groups = parse_recipes(Path(args.page).read_text(encoding="utf-8"))
     env = dict(os.environ)
     selected = [g for g in groups if not args.groups or g.id in args.groups]
     commands = [c for g in selected for c in g.commands]

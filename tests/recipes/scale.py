@@ -1,8 +1,8 @@
-"""How the README's recipes are tested: the one list of scale knobs applied to its commands.
+"""How the recipes of docs/reproducing.md are tested: the one list of scale knobs applied to its commands.
 
-The recipe test (tests/recipes/test_readme_recipes.py) runs every command of README.md's recipe block
-as written, on replicas of the datasets, changing only what is listed here. README.md shows this
-list verbatim ("How the recipes are tested"; a test keeps the two equal). Keys a recipe depends on
+The recipe test (tests/recipes/test_readme_recipes.py) runs every command of docs/reproducing.md's
+recipe block as written, on replicas of the datasets, changing only what is listed here. That page
+shows this list verbatim ("How the recipes are tested"; a test keeps the two equal). Keys a recipe depends on
 (mask format, box head, point loss, datasets, classes, heads, schedules other than the number of
 iterations) must never be added: a test checks the keys against SCALE_KEYS.
 """

@@ -1,9 +1,10 @@
-"""Every command of README.md's recipe block, as written, on replicas of COCO, LVIS, Cityscapes and VOC.
+"""Every command of the recipe block (docs/reproducing.md), as written, on replicas of COCO, LVIS,
+Cityscapes and VOC.
 
 The replicas (tests/replicas) have the on-disk layouts of datasets/README.md and real image content;
 the commands run from a working directory with the repository's tools/ and configs/, with
 ``$DETECTRON2_DATASETS`` pointing at the replicas, changed only by the scale knobs of
-tests/recipes/scale.py (shown in README.md). The whole block runs in one subprocess
+tests/recipes/scale.py (shown in docs/reproducing.md). The whole block runs in one subprocess
 (tests/recipes/run_recipes.py); then each command's outcome is checked: trained models, evaluation
 by each dataset's own evaluator, the simulator's files, the self-training and transfer chains.
 """
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from recipes.readme_recipes import configs_of_recipes, parse_recipes
+from recipes.readme_recipes import RECIPES_DOC, configs_of_recipes, recipe_groups
 from recipes.scale import RECIPE_SCALE_FLAGS, RECIPE_SCALE_OPTS, SCALE_KEYS
 from replicas import nuclei_tiles
 from replicas.cityscapes import build_cityscapes
@@ -28,7 +29,6 @@ from replicas.coco import build_coco, build_lvis, build_voc
 from point_sup import add_point_sup_config
 
 ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
 HERE = Path(__file__).resolve().parent
 
 IMAGENET = "detectron2://ImageNetPretrained/"
@@ -83,7 +83,7 @@ def recipe_workdir(nuclei_datasets, tmp_path_factory):
     build_lvis(datasets)
     build_voc(datasets, tiles)
     build_cityscapes(datasets, tiles)
-    write_random_imagenet_weights(work / "cache", configs_of_recipes(parse_recipes(README.read_text())))
+    write_random_imagenet_weights(work / "cache", configs_of_recipes(recipe_groups()))
     return work
 
 
@@ -104,15 +104,21 @@ def test_scale_knobs_touch_no_recipe_key():
 
 
 def test_readme_shows_the_scale_knobs_verbatim():
-    text = README.read_text()
+    text = RECIPES_DOC.read_text(encoding="utf-8")
     scale = (HERE / "scale.py").read_text()
     start = scale.index("RECIPE_SCALE_OPTS = [")
     shown = scale[start : scale.index("# The only config keys")].strip()
-    assert shown in text, "README.md must show tests/recipes/scale.py's lists verbatim"
+    assert shown in text, f"{RECIPES_DOC.relative_to(ROOT)} must show tests/recipes/scale.py's lists verbatim"
+
+
+def test_readme_links_the_recipes():
+    """The front page sends readers to the recipe block's page."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"]({RECIPES_DOC.relative_to(ROOT).as_posix()})" in readme
 
 
 def test_every_recipe_config_is_a_shipped_config():
-    for config in configs_of_recipes(parse_recipes(README.read_text())):
+    for config in configs_of_recipes(recipe_groups()):
         assert (ROOT / config).is_file(), config
 
 
@@ -166,7 +172,7 @@ def test_readme_recipes_run_as_written(recipe_workdir):
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
     }
     proc = subprocess.run(
-        [sys.executable, "-W", "ignore", str(HERE / "run_recipes.py"), str(README), str(results)],
+        [sys.executable, "-W", "ignore", str(HERE / "run_recipes.py"), str(RECIPES_DOC), str(results)],
         cwd=work,
         env=env,
         capture_output=True,
@@ -181,7 +187,7 @@ def test_readme_recipes_run_as_written(recipe_workdir):
 
 def check_records(records: list[dict], work: Path) -> None:
     """What each command of the block must have done (records of run_recipes.py, in ``work``)."""
-    groups = parse_recipes(README.read_text())
+    groups = recipe_groups()
     assert [r["command"] for r in records] == [c for g in groups for c in g.commands]
     for record in records:
         tool = Path(record["argv"][0]).name
