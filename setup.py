@@ -42,5 +42,9 @@ setup(
         CONFIGS_PACKAGE: ["*.yaml", "**/*.yaml"],
     },
     install_requires=_requirements(),
-    extras_require={"dev": ["pytest", "pytest-timeout", "ruff", "tifffile"]},
+    extras_require={
+        "dev": ["pytest", "pytest-timeout", "ruff", "tifffile"],
+        # tools/export_model.py --format onnx, and running ONNX files (point_sup.export.ExportedModel).
+        "export": ["onnx", "onnxruntime"],
+    },
 )

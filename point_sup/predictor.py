@@ -27,7 +27,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 
 from . import model_zoo
-from .utils.images import UnreadableImageError, read_image
+from .utils.images import UnreadableImageError, bgr_image
 
 __all__ = ["Predictor", "UnreadableImageError"]
 
@@ -172,15 +172,5 @@ class Predictor:
             point_sup.UnreadableImageError: the file is missing or not a readable image.
             ValueError: an array of another shape or dtype.
         """
-        if isinstance(image, (str, os.PathLike)):
-            bgr = read_image(image, format="BGR")
-        else:
-            array = np.asarray(image)
-            if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-                raise ValueError(
-                    f"expected an (H, W, 3) uint8 image in {self.input_format} order, got an array of "
-                    f"shape {array.shape} and dtype {array.dtype}"
-                )
-            bgr = array[:, :, ::-1] if self.input_format == "RGB" else array
-        # DefaultPredictor takes BGR and itself reorders for an RGB model.
-        return self._predictor(np.ascontiguousarray(bgr))["instances"].to("cpu")
+        bgr = bgr_image(image, self.input_format)
+        return self._predictor(bgr)["instances"].to("cpu")

@@ -40,7 +40,6 @@ error line and exit code 2, before anything is written. Every file is written at
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import logging
@@ -60,10 +59,12 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from point_sup import Predictor, UnreadableImageError, draw_predictions, model_zoo
+from point_sup import Predictor, UnreadableImageError, draw_predictions
 from point_sup.config import model_num_classes
 from point_sup.engine import cli
 from point_sup.engine.experiment import ConfigError
+from point_sup.export import ExportedModel
+from point_sup.export.runtime import SUFFIXES as EXPORTED_SUFFIXES
 from point_sup.utils.images import read_image
 from point_sup_labels.cli import OneLineErrorParser
 from point_sup_labels.file_io import atomic_open, atomic_write_text
@@ -79,12 +80,6 @@ logger = logging.getLogger("point_sup.predict")
 def argument_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="predict.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config-file",
-        required=True,
-        metavar="FILE",
-        help="the model's config: a YAML file or the name of a shipped config",
     )
     parser.add_argument(
         "--input",
@@ -111,7 +106,7 @@ def argument_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="the least score of a drawn mask (default 0.5; --coco-json holds every detection)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
+    cli.add_config_argument(parser)
     return parser
 
 
@@ -300,17 +295,11 @@ def coco_results(instances: Instances, image_id: int, file_name: str, category_i
 # ----------------------------------------------------------------------------------------------
 
 
-def load_config(args: argparse.Namespace) -> CfgNode:
-    """The model's config: --config-file (a file, else a shipped name) with the overrides."""
-    config_file = args.config_file
-    if not os.path.exists(config_file):
-        with contextlib.suppress(model_zoo.UnknownConfigError):  # else config_from_file names the file
-            config_file = model_zoo.get_config_file(config_file)
-    return model_zoo.config_from_file(config_file, args.opts)
-
-
-def build_predictor(cfg: CfgNode) -> Predictor:
-    """The model that :func:`main` calls on each image (an (H, W, 3) array in ``input_format``)."""
+def build_predictor(cfg: CfgNode) -> Predictor | ExportedModel:
+    """The model that :func:`main` calls on each image (an (H, W, 3) array in ``input_format``): an
+    exported file where MODEL.WEIGHTS ends in .ts or .onnx, else the checkpoint with the config."""
+    if Path(cfg.MODEL.WEIGHTS).suffix.lower() in EXPORTED_SUFFIXES:
+        return ExportedModel(cfg.MODEL.WEIGHTS, device=cfg.MODEL.DEVICE)
     return Predictor(cfg)
 
 
@@ -330,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(name="point_sup")
     setup_logger()  # Detectron2's own messages (the checkpoint loading)
     try:
-        cfg = load_config(args)
+        cfg = cli.load_config(args.config_file, args.opts)
     except ConfigError as e:
         parser.error(str(e))
     problem = cli.weights_error(cfg)

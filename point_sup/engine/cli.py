@@ -9,6 +9,7 @@ The torch-free P_N tools share theirs through :mod:`point_sup_labels.cli`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from collections.abc import Iterable
 
@@ -18,9 +19,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from ..data.datasets import register_coco_instances_with_points
 
 __all__ = [
+    "add_config_argument",
     "add_launch_arguments",
     "add_register_argument",
     "launch_error",
+    "load_config",
     "register_datasets",
     "same_file",
     "weights_error",
@@ -73,6 +76,31 @@ def launch_error(args: argparse.Namespace) -> str | None:
     if args.num_machines > 1 and not args.dist_url:
         return "--dist-url tcp://HOST:PORT (machine 0's address) is required with --num-machines > 1"
     return None
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config-file`` of a tool that runs a trained model, and its trailing ``KEY VALUE`` overrides."""
+    parser.add_argument(
+        "--config-file",
+        required=True,
+        metavar="FILE",
+        help="the model's config: a YAML file or the name of a shipped config",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path")
+
+
+def load_config(config_file: str, opts: list[str]) -> CfgNode:
+    """The config of ``--config-file`` (a file, else a shipped config's name) with the overrides.
+
+    Raises:
+        point_sup.engine.experiment.ConfigError: an unreadable file or a bad override (named).
+    """
+    from .. import model_zoo  # model_zoo imports this package's experiment module
+
+    if not os.path.exists(config_file):
+        with contextlib.suppress(model_zoo.UnknownConfigError):  # else config_from_file names the file
+            config_file = model_zoo.get_config_file(config_file)
+    return model_zoo.config_from_file(config_file, opts)
 
 
 def weights_error(cfg: CfgNode, model: str = "trained model") -> str | None:

@@ -8,7 +8,7 @@ import numpy as np
 from detectron2.data import detection_utils
 from PIL import UnidentifiedImageError
 
-__all__ = ["UnreadableImageError", "read_image"]
+__all__ = ["UnreadableImageError", "bgr_image", "read_image"]
 
 
 class UnreadableImageError(ValueError):
@@ -39,3 +39,25 @@ def read_image(path: str | os.PathLike, format: str = "RGB") -> np.ndarray:
     except Exception as e:  # PIL's errors for broken files vary (OSError, SyntaxError, ValueError, ...)
         reason = " ".join(str(e).split()) or type(e).__name__
         raise UnreadableImageError(f"cannot read image {os.fspath(path)}: {reason}") from None
+
+
+def bgr_image(image: str | os.PathLike | np.ndarray, input_format: str) -> np.ndarray:
+    """One image for a predictor, as a contiguous (H, W, 3) uint8 BGR array.
+
+    Args:
+        image: an image file path, or an (H, W, 3) uint8 array in ``input_format``'s channel order.
+        input_format: "BGR" or "RGB" (the model's ``INPUT.FORMAT``).
+
+    Raises:
+        UnreadableImageError: the file is missing or not a readable image.
+        ValueError: an array of another shape or dtype.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image, format="BGR")
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 image in {input_format} order, got an array of "
+            f"shape {array.shape} and dtype {array.dtype}"
+        )
+    return np.ascontiguousarray(array[:, :, ::-1] if input_format == "RGB" else array)
