@@ -29,8 +29,10 @@ dataset where it is registered, else 1, 2, ....
 --config-file is a YAML file, or the name of a config shipped with point_sup (e.g.
 ``nuclei/mask_rcnn_R_18_FPN_P10.yaml``; ``point_sup.model_zoo.list_configs()`` lists them).
 Trailing ``KEY VALUE`` pairs override it, as in tools/train_net.py (also right after --input's
-paths: its values end at the first config key); MODEL.WEIGHTS names the trained model. MODEL.DEVICE
-is "cuda" where there is a GPU, else "cpu", unless an override sets it.
+paths: its values end at the first config key); MODEL.WEIGHTS names the trained model: a checkpoint,
+or a file of tools/export_model.py (``model.ts``, ``model.onnx``), which then decides the test resize
+itself and draws the same pictures. MODEL.DEVICE is "cuda" where there is a GPU, else "cpu", unless an
+override sets it.
 
 An image that cannot be read is one error line naming it; the others are still predicted, and the
 exit code is 1 at the end. A mistake in the command (flags, config, weights, output folder) is one
