@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
+from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
 from torch import nn
@@ -178,6 +179,13 @@ def _metadata(
     registered = [name for name in cfg.DATASETS.TEST[:1] if name in MetadataCatalog.list()]
     names = MetadataCatalog.get(registered[0]).get("thing_classes") if registered else None
     condinst = family == "condinst"
+    num_classes = int(cfg.MODEL.FCOS.NUM_CLASSES if condinst else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    if names is not None and len(names) != num_classes:
+        logger.warning(
+            f"DATASETS.TEST {registered[0]} has {len(names)} classes and the model {num_classes}: "
+            "the exported file gets no class names"
+        )
+        names = None
     return ExportMetadata(
         family=family,
         config=config,
@@ -189,7 +197,7 @@ def _metadata(
         mask_kind="image_logits" if condinst else "box_probabilities",
         mask_stride=int(model.mask_out_stride) if condinst else 0,
         crop_to_box=bool(model.infer_crop_to_box) if condinst else False,
-        num_classes=int(cfg.MODEL.FCOS.NUM_CLASSES if condinst else cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+        num_classes=num_classes,
         class_names=list(names) if names else None,
         torch_version=torch.__version__,
         point_sup_version=__version__,
@@ -264,9 +272,9 @@ def export_model(
     Args:
         model: a built point_sup model, e.g. :attr:`point_sup.Predictor.model`.
         cfg: its config (test resize, input format, class names).
-        sample_image: (H, W, 3) uint8 in BGR order: traced through, then run through the written file
-            and compared with eager inference (boxes and scores within 1e-3, same classes), before the
-            file appears.
+        sample_image: (H, W, 3) uint8 in BGR order: traced through; the exported model is then
+            compared with eager inference (boxes and scores within 1e-3, same classes) on it, on it
+            transposed and on a blank image before the file appears.
         options: format and method.
         output: the file to write (atomically; nothing is written when any step fails).
         config_name: recorded in the file's metadata.
@@ -292,21 +300,41 @@ def export_model(
         # test that the trace generalises, at least to the sample.
         with contextlib.redirect_stderr(io.StringIO()), _quiet_tracer():
             module, data = None, None
-            if options.format == "onnx":
-                data = _onnx_bytes(traced_model, image, metadata, options.opset)
-            elif options.method == "scripting":
+            if options.method == "scripting":
                 module = _scripted(model, cfg)
             else:
-                module = torch.jit.trace(traced_model, (image,), check_trace=False)
+                # Detectron2's ROI heads count detections with len(), a Python int that a trace
+                # records as a constant (mask_rcnn_inference splits the masks by it): counted by
+                # __len__ instead, a traced tensor, as Detectron2's own TracingAdapter does.
+                with patch_builtin_len():
+                    if options.format == "onnx":
+                        data = _onnx_bytes(traced_model, image, metadata, options.opset)
+                    else:
+                        module = torch.jit.trace(traced_model, (image,), check_trace=False)
     if data is None:
         buffer = io.BytesIO()
         _save_torchscript(module, metadata, buffer)
         data = buffer.getvalue()
     exported = ExportedModel.from_bytes(data, options.format, os.fspath(output), device=str(device))
-    summary = _compare(expected, exported.raw(image), f"{family} as {options.format} by {options.method}")
+    what = f"{family} as {options.format} by {options.method}"
+    summary = _compare(expected, exported.raw(image), what + " (the sample image)")
+    # A trace can hold what held for the sample only (a detection count, an image size): checked
+    # on the sample transposed (another size and other detections) and on a blank image.
+    for name, check in _check_images(sample_image):
+        tensor = prepare_input(check, metadata).to(device)
+        with torch.no_grad():
+            eager = RawDetections(*traced_model(tensor), mask_kind=metadata.mask_kind)
+        _compare(eager, exported.raw(tensor), f"{what} ({name})")
     atomic_write_bytes(output, data)  # a failed check above, or a kill, leaves no output
     logger.info(f"exported {family} to {output} ({options.format}, {options.method}): {summary}")
     return metadata
+
+
+def _check_images(sample: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Images besides the sample on which an exported file must equal eager inference."""
+    transposed = np.ascontiguousarray(sample.transpose(1, 0, 2)[:, ::-1])
+    blank = np.full_like(sample, 128)
+    return [("the sample image transposed", transposed), ("a blank image", blank)]
 
 
 @contextlib.contextmanager

@@ -142,7 +142,9 @@ class ExportedModel:
             outputs = self._session.run(None, {"image": image.cpu().numpy()})
             outputs = [torch.from_numpy(np.asarray(o)) for o in outputs]
         else:
-            with torch.no_grad():
+            # Without optimisation: the profiling executor re-specialises the graph for each new
+            # input size, seconds per image for these graphs; interpreted, the same operations run.
+            with torch.no_grad(), torch.jit.optimized_execution(False):
                 outputs = [o.cpu() for o in self._module(image.to(self.device))]
         boxes, scores, classes, masks = outputs
         return RawDetections(boxes, scores, classes.long(), masks, self.export_metadata.mask_kind)

@@ -126,7 +126,7 @@ def point_sample_fine_grained_features(
     """
     cat_boxes = Boxes.cat(list(boxes))
     point_coords_wrt_image = get_point_coords_wrt_image(cat_boxes.tensor, point_coords)
-    num_boxes = [len(b) for b in boxes]
+    num_boxes = [b.tensor.shape[0] for b in boxes]  # tensors while tracing: counts stay dynamic
     features_per_image = []
     for idx, coords in enumerate(torch.split(point_coords_wrt_image, num_boxes)):
         # Only an image without boxes is skipped: boxes without points (P = 0, e.g. a batch whose
@@ -193,7 +193,7 @@ def box_chunks(boxes: Sequence[Boxes], max_boxes: int | None) -> list[tuple[list
     """
     total = sum(len(b) for b in boxes)
     if max_boxes is None or total <= max_boxes:
-        return [(list(boxes), slice(0, total))]
+        return [(list(boxes), slice(None) if torch.jit.is_tracing() else slice(0, total))]
     chunks = []
     start = 0
     for index, image_boxes in enumerate(boxes):
@@ -286,7 +286,7 @@ class FeatureSampler:
             (R, sum_l C_l, S, S); cell ``(row, col)`` is sampled at box-relative
             ``((col + 0.5) / S, (row + 0.5) / S)``, in the dtype of the first map.
         """
-        num_boxes = sum(len(b) for b in boxes)
+        num_boxes = sum(b.tensor.shape[0] for b in boxes)  # a tensor while tracing: stays dynamic
         reference = features[self.names[0]]
         grid = generate_regular_grid_point_coords(num_boxes, side, reference.device).to(reference.dtype)
         sampled = self.at_points(features, boxes, grid)
@@ -359,9 +359,10 @@ def get_uncertain_point_coords_on_grid(
         point_indices: (R, P) flat indices ``row * W + col``, P = min(num_points, H * W).
         point_coords: (R, P, 2) normalized (x, y) of those cell centres.
     """
-    R, _, H, W = uncertainty_map.shape
+    _, _, H, W = uncertainty_map.shape
     num_points = min(H * W, num_points)
-    point_indices = torch.topk(uncertainty_map.view(R, H * W), k=num_points, dim=1)[1]
+    # flatten, not view(R, H * W): ONNX Reshape gets (R, -1), which fails for R = 0
+    point_indices = torch.topk(uncertainty_map.flatten(1), k=num_points, dim=1)[1]
     xs = ((point_indices % W).to(torch.float32) + 0.5) / W
     ys = (torch.div(point_indices, W, rounding_mode="floor").to(torch.float32) + 0.5) / H
     return point_indices, torch.stack([xs, ys], dim=2)

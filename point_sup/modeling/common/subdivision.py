@@ -64,7 +64,9 @@ def chunked_point_logits(
         (R, 1, P) logits, boxes concatenated in image order.
     """
     P = point_coords.shape[1]
-    max_boxes = max(1, CPU_CHUNK_POINTS // max(P, 1)) if point_coords.device.type == "cpu" else None
+    # A trace records one chunk of all boxes: chunk bounds are Python numbers it would freeze.
+    chunked = point_coords.device.type == "cpu" and not torch.jit.is_tracing()
+    max_boxes = max(1, CPU_CHUNK_POINTS // max(P, 1)) if chunked else None
     chunks = box_chunks(boxes, max_boxes)
     if len(chunks) == 1:
         chunk_boxes, rows = chunks[0]
@@ -111,7 +113,7 @@ def adaptive_subdivision(
         (R, 1, M, M) logits, M = ``init_side * 2**steps``, aligned with the boxes (cell centres as in
         the module docstring).
     """
-    if num_boxes == 0:
+    if isinstance(num_boxes, int) and num_boxes == 0:  # a trace keeps the count as a tensor
         side = init_side * 2**steps
         return torch.zeros((0, 1, side, side), device=device, dtype=dtype)
     grid = generate_regular_grid_point_coords(num_boxes, init_side, device).to(dtype)
@@ -151,7 +153,7 @@ class Subdivision:
         of the head's ``chunk_logits``, evaluated chunk by chunk on CPU (:func:`chunked_point_logits`)."""
         return adaptive_subdivision(
             lambda point_coords: chunked_point_logits(chunk_logits, boxes, point_coords),
-            sum(len(b) for b in boxes),
+            sum(b.tensor.shape[0] for b in boxes),  # a tensor while tracing: the count stays dynamic
             self.init_side,
             self.steps,
             self.num_points,

@@ -53,7 +53,11 @@ def detect(
         score = torch.sqrt(lg[image].sigmoid() * ct[image].sigmoid())  # (R_l, K)
         candidates = (score > model.test_score_thresh).nonzero()
         cand_scores = score[candidates[:, 0], candidates[:, 1]]
-        num = min(len(cand_scores), model.test_topk_candidates)
+        num = cand_scores.shape[0]  # a tensor while tracing: the count stays dynamic in the graph
+        if isinstance(num, torch.Tensor):
+            num = torch.clamp(num, max=model.test_topk_candidates)
+        else:
+            num = min(num, model.test_topk_candidates)
         cand_scores, order = cand_scores.topk(num)
         rows, cls = candidates[order, 0], candidates[order, 1]
         boxes.append(model.box2box_transform.apply_deltas(dl[image][rows], a.tensor[rows]))
@@ -67,7 +71,9 @@ def detect(
     levels, anchor_rows = torch.cat(levels), torch.cat(anchor_rows)
     keep = batched_nms(boxes.tensor, scores, classes, model.test_nms_thresh)[: model.max_detections_per_image]
     levels, anchor_rows = levels[keep], anchor_rows[keep]
-    offsets = torch.tensor([0] + [len(a) for a in anchors[:-1]], device=levels.device).cumsum(0)
+    sizes = [torch.zeros((), dtype=torch.int64, device=levels.device)]
+    sizes += [torch.as_tensor(a.tensor.shape[0], device=levels.device) for a in anchors[:-1]]
+    offsets = torch.stack(sizes).cumsum(0)
     det = Instances(image_size, pred_boxes=boxes[keep], scores=scores[keep], pred_classes=classes[keep])
     return det, offsets[levels] + anchor_rows
 

@@ -128,7 +128,7 @@ def dynamic_mask_logits(
     x = mask_features[image_index]
     if rel_coords is not None:
         x = torch.cat([x, rel_coords.to(x.dtype)], dim=1)
-    x = x.flatten(2)  # (R, C_in, H*W)
+    x = x.reshape(-1, x.shape[1], height * width)  # (R, C_in, H*W); flatten(2) fails in ONNX for R = 0
     layers = layout.split(params)
     for k, (weight, bias) in enumerate(layers):
         # A batch of per-instance 1x1 convolutions is a batch of matrix products over the cells.

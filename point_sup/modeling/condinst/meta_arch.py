@@ -209,7 +209,7 @@ class PointSupCondInst(FCOS):
         centers = Boxes.cat(anchors).get_centers()
         soi = torch.cat(
             [
-                torch.full((len(a),), s, device=centers.device)
+                torch.full_like(a.tensor[:, 0], s, dtype=torch.as_tensor(s).dtype)
                 for a, s in zip(anchors, self.sizes_of_interest, strict=True)
             ]
         )
