@@ -20,6 +20,8 @@ Each benchmark prints ratios against a baseline measured in the same run (see it
 * bench_host_syncs.py         - host-device synchronisations per training step, every shipped COCO R50
   config vs Detectron2's Mask R-CNN (limit: + 25)
 * bench_pseudo_masks.py       - tools/generate_pseudo_masks.py images/s, default batch vs batch 1
+* bench_export.py             - CPU inference, eager vs TorchScript vs ONNX Runtime files of every head
+  (images/s, peak memory, same outputs), and tools/predict.py with each file
 (bench/gpu_acceptance.py, the GPU acceptance of every COCO R50 config, runs on its own:
 docs/gpu_acceptance.md.)
 
@@ -55,6 +57,10 @@ def benchmarks(device: str, quick: bool) -> list[list[str]]:
         ["bench_evaluation.py", *(["--images", "200", "--dets", "20"] if quick else [])],
         ["bench_host_syncs.py", *gpu],
         ["bench_pseudo_masks.py", *(["--repeats", "1"] if quick else [])],
+        [
+            "bench_export.py",
+            *(["--heads", "mask_rcnn", "condinst", "--images", "2", "--min-size", "192"] if quick else []),
+        ],
     ]
 
 
