@@ -113,8 +113,7 @@ def image_paths(image_dir: Path) -> list[Path]:
 
 def read_images(image_dir: Path) -> list:
     """The BGR images of ``image_dir``, their sizes taking turns (nuclei: 192 x 256, 128 x 256, ...),
-    so that the first calls, the warm-up, see every input size (a TorchScript graph specialises on
-    the first shapes it runs)."""
+    so that the first calls, the warm-up, see every input size."""
     import cv2
 
     groups: dict[tuple, list] = {}
