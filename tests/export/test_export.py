@@ -163,16 +163,6 @@ class Exports:
         return self._files[export]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are small, and two threads competing with other processes
-    for a 2-core machine run several times slower (as tests/miniature_model.py measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def images(nuclei_datasets) -> dict[str, np.ndarray]:
     """BGR arrays: a 256 x 128 validation tile (the export's sample) and a 100 x 150 crop of a

@@ -43,16 +43,6 @@ def _tool():
 export_model = _tool()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these models are small, and two threads competing with other processes
-    for a 2-core machine run several times slower (as tests/miniature_model.py measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, Path]:
     """Seeded checkpoints of the tiny Mask R-CNN and CondInst, as Detectron2's checkpointer reads them."""
