@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import Metadata, MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.structures import Instances
 
@@ -56,6 +56,12 @@ def _quiet(names: tuple[str, ...], up_to: int) -> Iterator[None]:
     finally:
         for log in loggers:
             log.removeFilter(keep)
+
+
+def test_metadata(cfg: CfgNode) -> Metadata | None:
+    """The Detectron2 metadata of ``cfg.DATASETS.TEST[0]`` where that dataset is registered, else None."""
+    registered = [name for name in cfg.DATASETS.TEST[:1] if name in MetadataCatalog.list()]
+    return MetadataCatalog.get(registered[0]) if registered else None
 
 
 class _CheckingCheckpointer(DetectionCheckpointer):
@@ -119,8 +125,7 @@ class Predictor:
         self.cfg = cfg
         self.model = self._predictor.model
         self.input_format: str = cfg.INPUT.FORMAT
-        registered = [name for name in cfg.DATASETS.TEST[:1] if name in MetadataCatalog.list()]
-        self.metadata = MetadataCatalog.get(registered[0]) if registered else None
+        self.metadata = test_metadata(cfg)
         self._load(weights)
 
     def _load(self, weights: str) -> None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
 from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead
@@ -28,6 +27,7 @@ from point_sup_labels.file_io import atomic_write_bytes
 from ..modeling.condinst import PointSupCondInst
 from ..modeling.implicit_point_rend import PointSupImplicitPointRendMaskHead
 from ..modeling.point_rend import PointSupPointRendMaskHead
+from ..predictor import test_metadata
 from .metadata import METADATA_KEY, ExportMetadata
 from .runtime import ExportedModel, RawDetections, prepare_input
 
@@ -177,13 +177,13 @@ def _metadata(
 ) -> ExportMetadata:
     from .. import __version__
 
-    registered = [name for name in cfg.DATASETS.TEST[:1] if name in MetadataCatalog.list()]
-    names = MetadataCatalog.get(registered[0]).get("thing_classes") if registered else None
+    dataset = test_metadata(cfg)
+    names = dataset.get("thing_classes") if dataset is not None else None
     condinst = family == "condinst"
     num_classes = int(cfg.MODEL.FCOS.NUM_CLASSES if condinst else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     if names is not None and len(names) != num_classes:
         logger.warning(
-            f"DATASETS.TEST {registered[0]} has {len(names)} classes and the model {num_classes}: "
+            f"DATASETS.TEST {dataset.name} has {len(names)} classes and the model {num_classes}: "
             "the exported file gets no class names"
         )
         names = None
