@@ -100,6 +100,16 @@ def add_point_sup_config(cfg: CN) -> CN:
             per instance, params = bias + basis (A h) with a learned (num_params x r) basis shared by
             all instances, A an FC_DIM x r layer (point_sup's small Implicit PointRend, r = 32:
             see point_sup.modeling.implicit_point_rend).
+    MODEL.BOX_PRIOR (point_sup's, not the paper's: point_sup.modeling.common.box_prior)
+        ENABLED (False): add BoxInst's projection and colour-pairwise terms of each object's box to
+            the mask loss of the point-supervised objects (``INPUT.POINT_SUP``) and, with
+            ``MODEL.MIXED_SUP``, of the box-only objects too. CondInst: on its stride-4 masks, as
+            BoxInst; Mask R-CNN: on the 28x28 RoI logits; PointRend and Implicit PointRend: on the
+            point head's predictions at a GRID_SIZE² grid of each RoI. The ROI heads need
+            ``MODEL.ROI_HEADS.NAME: PointSupROIHeads`` (it hands the RoIs' image colours to the head).
+        PROJECTION_WEIGHT (1.0), PAIRWISE_WEIGHT (1.0): the terms' weights; the pairwise term's
+            neighbourhood, colour threshold and warm-up are ``MODEL.BOXINST.PAIRWISE``'s.
+        GRID_SIZE (14): side of the RoI grid of the point heads (Mask R-CNN uses its 28x28 output).
     """
     _set_default(cfg.INPUT, "POINT_SUP", False)
     _set_default(cfg.INPUT, "SAMPLE_POINTS", 0)
@@ -146,6 +156,13 @@ def add_point_sup_config(cfg: CN) -> CN:
     _set_default(implicit, "PARAMS_L2_REGULARIZER", 1e-5)
     _set_default(implicit, "PARAMS_INIT", "reference")
     _set_default(implicit, "PARAMS_RANK", 0)
+    if "BOX_PRIOR" not in cfg.MODEL:
+        cfg.MODEL.BOX_PRIOR = CN()
+    box_prior = cfg.MODEL.BOX_PRIOR
+    _set_default(box_prior, "ENABLED", False)
+    _set_default(box_prior, "PROJECTION_WEIGHT", 1.0)
+    _set_default(box_prior, "PAIRWISE_WEIGHT", 1.0)
+    _set_default(box_prior, "GRID_SIZE", 14)
     _add_condinst_config(cfg)
     return cfg
 

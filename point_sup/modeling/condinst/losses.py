@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, PolygonMasks
 
+from ..common.box_terms import dice_loss
 from ..common.point_features import point_sample
 
 __all__ = [
@@ -34,27 +35,6 @@ __all__ = [
     "point_logits_at_cells",
     "point_logits_bilinear",
 ]
-
-
-def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """CondInst's dice loss, per instance: ``1 - 2 sum(p t) / (sum p² + sum t² + eps)``.
-
-    Computed in float32 (or float64 for float64 probabilities) whatever the input dtype: under
-    float16 autocast the sums over a COCO-sized stride-4 map (200 x 333 cells) exceed float16's
-    largest value, 65504.
-
-    Args:
-        probs: (R, ...) probabilities.
-        targets: (R, ...) targets in [0, 1], the same shape (bool, integer or floating).
-
-    Returns:
-        (R,) losses (the caller averages), float32 (float64 for float64 ``probs``).
-    """
-    dtype = torch.promote_types(probs.dtype, torch.float32)
-    p, t = probs.flatten(1).to(dtype), targets.flatten(1).to(dtype)
-    intersection = (p * t).sum(dim=1)
-    union = (p * p).sum(dim=1) + (t * t).sum(dim=1) + eps
-    return 1.0 - 2.0 * intersection / union
 
 
 def mask_cells_at_stride(

@@ -12,10 +12,15 @@ ground truth of each instance's object, into named losses:
     ``MODEL.CONDINST.POINT_LOGITS: bilinear`` reads each point in the upsampled mask instead.
 :class:`BoxInstMaskLoss` (``"boxes"``, B, ``MODEL.BOXINST.ENABLED``)
     BoxInst's projection and pairwise losses: ``loss_prj``, ``loss_pairwise``.
+:class:`PointsWithBoxPriorLoss` (``"points"`` with ``MODEL.BOX_PRIOR``, point_sup's option)
+    P_N's ``loss_mask`` plus BoxInst's two terms on the same objects, weighted by
+    ``MODEL.BOX_PRIOR.PROJECTION_WEIGHT`` / ``PAIRWISE_WEIGHT`` (point_sup.modeling.common.box_prior).
 :class:`MixedMaskLoss` (``"mixed"``, ``MODEL.MIXED_SUP.ENABLED``)
     each instance by the kind of its object (point_sup.data.mixed_supervision) through the loss of
     that kind (box-only objects: BoxInst's losses with ``MODEL.BOXINST.ENABLED``, else none), the
-    kinds weighted as point_sup.modeling.common.mixed_loss says.
+    kinds weighted as point_sup.modeling.common.mixed_loss says. With ``MODEL.BOX_PRIOR`` the
+    point-supervised objects get :class:`PointsWithBoxPriorLoss` and the box-only ones the weighted
+    box terms (with or without ``MODEL.BOXINST.ENABLED``).
 
 Every loss takes an optional ``selected`` (R,) bool: the loss of the selected instances alone,
 computed on all R with the others weighted 0, so that nothing is read back from the device.
@@ -35,6 +40,8 @@ from detectron2.structures import ImageList, Instances
 from ...config import condinst_supervision
 from ...data.mixed_supervision import Supervision
 from ...point_labels import PADDING_LABEL
+from ..common.box_prior import BoxPriorOptions
+from ..common.box_terms import selected_mean
 from ..common.mixed_loss import kind_weights
 from ..common.point_features import get_point_coords_wrt_box
 from ..common.point_loss import PointLossOptions, check_choice, ignore_points_outside_boxes, point_bce_loss
@@ -66,6 +73,7 @@ __all__ = [
     "MaskLossInputs",
     "MixedMaskLoss",
     "PointMaskLoss",
+    "PointsWithBoxPriorLoss",
     "build_mask_loss",
 ]
 
@@ -94,15 +102,6 @@ class MaskLossInputs:
     pixel_mean: torch.Tensor
     pixel_std: torch.Tensor
     original_heights: list[int] | None = None
-
-
-def _selected_mean(values: torch.Tensor, selected: torch.Tensor | None) -> torch.Tensor:
-    """The mean of ``values`` (R,), over the ``selected`` (R,) bool entries only if given (0 when none
-    is): the others weigh 0 instead of being selected on the host."""
-    if selected is None:
-        return values.mean()
-    weights = selected.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 class MaskLoss:
@@ -164,7 +163,7 @@ class DiceMaskLoss(MaskLoss):
             else:
                 targets.append(torch.zeros((0, *map_size), dtype=torch.bool, device=device))
         losses = dice_loss(mask_logits.sigmoid()[:, 0], inst.per_instance(targets))
-        return {"loss_mask": _selected_mean(losses, selected)}
+        return {"loss_mask": selected_mean(losses, selected)}
 
 
 class PointMaskLoss(MaskLoss):
@@ -225,10 +224,14 @@ class BoxInstMaskLoss(MaskLoss):
         pairwise: PairwiseOptions,
         bottom_pixels_removed: int = 10,
         input_format: str = "BGR",
+        projection_weight: float = 1.0,
+        pairwise_weight: float = 1.0,
     ) -> None:
         """
         Args:
             pairwise: the pairwise term's options.
+            projection_weight, pairwise_weight: the terms' weights (BoxInst's: 1; the box prior's
+                ``MODEL.BOX_PRIOR`` keys).
             bottom_pixels_removed: the pairwise term treats this many bottom rows of each original
                 image, scaled to the input, as outside it (AdelaiDet's 10 for COCO); <= 0: none.
             input_format: ``INPUT.FORMAT`` of the input images, whose colours are read.
@@ -241,6 +244,8 @@ class BoxInstMaskLoss(MaskLoss):
         self.offsets = neighbour_offsets(pairwise.size, pairwise.dilation)
         self.bottom_pixels_removed = bottom_pixels_removed
         self.input_format = input_format
+        self.projection_weight = projection_weight
+        self.pairwise_weight = pairwise_weight
 
     def color_similarity(self, inputs: MaskLossInputs, map_size: tuple[int, int]) -> torch.Tensor:
         """(N, K, H_o, W_o) colour similarities of the input images' cells (boxinst.cell_color_similarity)."""
@@ -262,13 +267,37 @@ class BoxInstMaskLoss(MaskLoss):
         boxes = inst.per_instance([gt.gt_boxes.tensor for gt in inputs.gt_instances])
         box_masks = box_masks_at_stride(boxes, map_size, inputs.stride)
         logits = mask_logits[:, 0]
-        prj = _selected_mean(projection_loss(logits.sigmoid(), box_masks), selected)
+        prj = selected_mean(projection_loss(logits.sigmoid(), box_masks), selected)
         if selected is not None:
             box_masks = box_masks * selected[:, None, None].to(box_masks.dtype)
         with torch.no_grad():
             similarity = self.color_similarity(inputs, map_size)[inst.image_index]
         pairwise = pairwise_loss(logits, similarity, box_masks, self.offsets, self.pairwise.color_thresh)
-        return {"loss_prj": prj, "loss_pairwise": pairwise * pairwise_warmup(self.pairwise.warmup_iters)}
+        if self.projection_weight != 1.0:
+            prj = prj * self.projection_weight
+        factor = self.pairwise_weight * pairwise_warmup(self.pairwise.warmup_iters)
+        return {"loss_prj": prj, "loss_pairwise": pairwise * factor}
+
+
+class PointsWithBoxPriorLoss(MaskLoss):
+    """P_N's point loss plus the box prior's terms on the same instances (``MODEL.BOX_PRIOR``)."""
+
+    name = "points"
+
+    def __init__(self, points: PointMaskLoss, boxes: BoxInstMaskLoss) -> None:
+        """
+        Args:
+            points: the point loss (``loss_mask``).
+            boxes: the box terms with the prior's weights (``loss_prj``, ``loss_pairwise``).
+        """
+        self.points = points
+        self.boxes = boxes
+
+    def __call__(self, mask_logits, inst, inputs, selected=None):
+        return {
+            **self.points(mask_logits, inst, inputs, selected),
+            **self.boxes(mask_logits, inst, inputs, selected),
+        }
 
 
 class MixedMaskLoss(MaskLoss):
@@ -313,9 +342,7 @@ def build_mask_loss(cfg: CfgNode) -> MaskLoss:
     """The mask loss of a CondInst / BoxInst config (point_sup.config.condinst_supervision)."""
     supervision = condinst_supervision(cfg)
     options = PointLossOptions.from_config(cfg)
-    points = PointMaskLoss(cfg.MODEL.CONDINST.POINT_LOGITS, options.normalization)
-    if supervision == "points":
-        return points
+    prior = BoxPriorOptions.from_config(cfg)
     boxinst = cfg.MODEL.BOXINST
     pw = boxinst.PAIRWISE
     boxes = BoxInstMaskLoss(
@@ -323,11 +350,21 @@ def build_mask_loss(cfg: CfgNode) -> MaskLoss:
         boxinst.BOTTOM_PIXELS_REMOVED,
         cfg.INPUT.FORMAT,
     )
-    if supervision == "boxes":
-        return boxes
+    points: MaskLoss = PointMaskLoss(cfg.MODEL.CONDINST.POINT_LOGITS, options.normalization)
+    if prior.enabled:
+        boxes = BoxInstMaskLoss(
+            prior.pairwise,
+            boxinst.BOTTOM_PIXELS_REMOVED,
+            cfg.INPUT.FORMAT,
+            prior.projection_weight,
+            prior.pairwise_weight,
+        )
+        points = PointsWithBoxPriorLoss(points, boxes)
+    if supervision in ("points", "boxes"):
+        return points if supervision == "points" else boxes
     if supervision == "mask":
         return DiceMaskLoss()
     kinds = [(Supervision.MASK, DiceMaskLoss(require_masks=False)), (Supervision.POINTS, points)]
-    if boxinst.ENABLED:
+    if boxinst.ENABLED or prior.enabled:
         kinds.append((Supervision.BOX, boxes))
     return MixedMaskLoss(kinds, options.mixed_weighting)

@@ -38,6 +38,7 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from ...config import POINT_HEAD_NAME_DEFAULT, check_point_head_classes, check_point_head_name
+from ..common.box_prior import BoxPriorOptions, box_prior_selection, roi_box_prior_losses, roi_grid_points
 from ..common.conv_fc_head import ConvFCHead, build_conv_fc_head
 from ..common.mixed_loss import kind_losses, supervised_instances
 from ..common.point_features import FeatureSampler, pooled_channels
@@ -86,6 +87,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         subdivision_steps: int,
         subdivision_num_points: int,
         point_loss_options: PointLossOptions,
+        box_prior: BoxPriorOptions | None = None,
     ) -> None:
         """
         Args:
@@ -107,6 +109,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             point_loss_options: from points (``point_sup``) or masks, or mixed (sampled mask points
                 for mask-supervised proposals, labelled points for point-supervised ones, one L2 over
                 both: point_sup.modeling.common.mixed_loss), and the point loss's keys.
+            box_prior: ``MODEL.BOX_PRIOR`` (None: off): the box terms on the generated point head's
+                logits at a ``grid_size``² grid of each RoI.
         """
         super().__init__()
         _check_param_options(params_init, params_rank)
@@ -116,6 +120,8 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         self.params_l2_weight = params_l2_weight
         self.train_num_points = train_num_points
         self.point_loss_options = point_loss_options
+        self.box_prior = box_prior or BoxPriorOptions()
+        self.box_prior_grid_size = self.box_prior.grid_size
         init_side = math.isqrt(subdivision_num_points)
         if init_side**2 != subdivision_num_points:
             # The initial grid is sqrt(N) x sqrt(N) so that step 0 evaluates exactly N points too.
@@ -180,6 +186,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             "subdivision_steps": point.SUBDIVISION_STEPS,
             "subdivision_num_points": point.SUBDIVISION_NUM_POINTS,
             "point_loss_options": PointLossOptions.from_config(cfg),
+            "box_prior": BoxPriorOptions.from_config(cfg),
         }
 
     @property
@@ -245,6 +252,7 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
         return self._forward_inference(features, instances)
 
     def _forward_train(self, features: Mapping[str, torch.Tensor], instances: list[Instances]) -> dict:
+        all_instances = instances
         instances, split = supervised_instances(instances, self.point_loss_options)
         params = self.predict_params(features, [x.proposal_boxes for x in instances])
         # With no foreground proposal the mean would be NaN; 0 * sum keeps the graph for DDP.
@@ -257,7 +265,34 @@ class PointSupImplicitPointRendMaskHead(nn.Module):
             lambda rows, inst: {"loss_mask_point": self._point_loss(features, inst, rows, point_sup=False)},
             lambda rows, inst: {"loss_mask_point": self._point_loss(features, inst, rows, point_sup=True)},
         )
+        if self.box_prior.enabled:
+            # Mixed: the box-only proposals were dropped above; the prior sees them all again.
+            losses.update(self._box_prior_losses(features, all_instances, params if split is None else None))
         return {**losses, "loss_l2": loss_l2}
+
+    def _box_prior_losses(
+        self,
+        features: Mapping[str, torch.Tensor],
+        instances: list[Instances],
+        params: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The box prior's terms on the generated point head's ground-truth-class logits at the RoI
+        grid's cell centres.
+
+        Args:
+            features: feature maps by name.
+            instances: per image, the foreground proposals (all kinds with mixed supervision).
+            params: (R, num_params) generated parameters of ``instances`` if already computed.
+        """
+        boxes = [x.proposal_boxes for x in instances]
+        if params is None:
+            params = self.predict_params(features, boxes)
+        grid = self.box_prior.grid_size
+        coords = roi_grid_points(grid, params.shape[0], params.device).to(params.dtype)
+        classes = cat_gt_classes(instances, params.device)
+        logits = self.point_logits(features, boxes, coords, params, classes).reshape(-1, grid, grid)
+        selected = box_prior_selection(instances, self.point_loss_options.mixed_sup)
+        return roi_box_prior_losses(logits, instances, self.box_prior, selected)
 
     def _point_loss(
         self,

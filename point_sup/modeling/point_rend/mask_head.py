@@ -39,6 +39,7 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from ...config import check_point_head_classes, check_point_head_name
+from ..common.box_prior import BoxPriorOptions, box_prior_selection, roi_box_prior_losses, roi_grid_points
 from ..common.conv_fc_head import ConvFCHead, build_conv_fc_head
 from ..common.mixed_loss import kind_losses, supervised_instances
 from ..common.point_features import (
@@ -91,6 +92,7 @@ class PointSupPointRendMaskHead(nn.Module):
         subdivision_steps: int,
         subdivision_num_points: int,
         point_loss_options: PointLossOptions,
+        box_prior: BoxPriorOptions | None = None,
     ):
         """
         Args:
@@ -106,6 +108,8 @@ class PointSupPointRendMaskHead(nn.Module):
             subdivision_steps, subdivision_num_points: adaptive subdivision at inference.
             point_loss_options: from points (``point_sup``) or masks, or mixed (both recipes, each on
                 its own instances: point_sup.modeling.common.mixed_loss), and the point loss's keys.
+            box_prior: ``MODEL.BOX_PRIOR`` (None: off): the box terms on the point head's logits
+                (the coarse head's without a point head) at a ``grid_size``² grid of each RoI.
         """
         super().__init__()
         self.coarse_head = coarse_head
@@ -121,6 +125,8 @@ class PointSupPointRendMaskHead(nn.Module):
             subdivision_num_points,
         )
         self.point_loss_options = point_loss_options
+        self.box_prior = box_prior or BoxPriorOptions()
+        self.box_prior_grid_size = self.box_prior.grid_size
 
     @classmethod
     def from_config(cls, cfg, input_shape) -> dict:
@@ -149,6 +155,7 @@ class PointSupPointRendMaskHead(nn.Module):
             "subdivision_steps": point_cfg.SUBDIVISION_STEPS,
             "subdivision_num_points": point_cfg.SUBDIVISION_NUM_POINTS,
             "point_loss_options": PointLossOptions.from_config(cfg),
+            "box_prior": BoxPriorOptions.from_config(cfg),
         }
 
     # ------------------------------------------------------------------ forward
@@ -165,9 +172,10 @@ class PointSupPointRendMaskHead(nn.Module):
             coarse side without point head).
         """
         if self.training:
+            all_instances = instances
             instances, split = supervised_instances(instances, self.point_loss_options)
             coarse = self._coarse_logits(features, [inst.proposal_boxes for inst in instances])
-            return kind_losses(
+            losses = kind_losses(
                 split,
                 self.point_loss_options.point_sup,
                 coarse,
@@ -175,6 +183,12 @@ class PointSupPointRendMaskHead(nn.Module):
                 lambda rows, inst: self._mask_losses(features, rows, inst),
                 lambda rows, inst: self._point_sup_losses(features, rows, inst),
             )
+            if self.box_prior.enabled:
+                # Mixed: the box-only proposals were dropped above; the prior sees them all again.
+                losses.update(
+                    self._box_prior_losses(features, all_instances, coarse if split is None else None)
+                )
+            return losses
         coarse = self._coarse_logits(features, [inst.pred_boxes for inst in instances])
         if self.point_head is None:
             mask_rcnn_inference(coarse, instances)
@@ -270,6 +284,37 @@ class PointSupPointRendMaskHead(nn.Module):
             log_prefix="point_rend_point",
             classes=gt_classes,
         )
+        return losses
+
+    def _box_prior_losses(
+        self,
+        features: dict[str, torch.Tensor],
+        instances: list[Instances],
+        coarse: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The box prior's terms on the ground-truth class's logits at the RoI grid's cell centres:
+        the point head's (the coarse head's, interpolated, without a point head).
+
+        Args:
+            features: image-level maps by name.
+            instances: per image, the foreground proposals (all kinds with mixed supervision).
+            coarse: (R, K, S, S) coarse logits of ``instances`` if already computed.
+        """
+        boxes = [inst.proposal_boxes for inst in instances]
+        if coarse is None:
+            coarse = self._coarse_logits(features, boxes)
+        grid = self.box_prior.grid_size
+        classes = cat_gt_classes(instances, coarse.device)
+        coords = roi_grid_points(grid, coarse.shape[0], coarse.device).to(coarse.dtype)
+        if self.point_head is None or coarse.shape[0] == 0:
+            logits = point_sample(select_class_logits(coarse, classes), coords)
+        else:
+            logits = self._point_logits(coarse, features, boxes, coords, classes)
+        logits = logits.reshape(-1, grid, grid)
+        selected = box_prior_selection(instances, self.point_loss_options.mixed_sup)
+        losses = roi_box_prior_losses(logits, instances, self.box_prior, selected)
+        if self.point_head is not None and coarse.shape[0] == 0:
+            losses["loss_prj"] = losses["loss_prj"] + self._zero_point_loss(coarse)
         return losses
 
     def _zero_point_loss(self, coarse: torch.Tensor) -> torch.Tensor:
