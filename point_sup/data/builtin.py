@@ -37,7 +37,10 @@ Box-only views for BoxInst (the paper's box-only baseline): ``{base}_boxes`` for
 mask-annotated training sets above and for the nuclei sets is the same data with every annotation's
 mask and points removed (:func:`register_box_only_dataset`).
 
-:func:`register_nuclei` registers the small real nuclei dataset of :mod:`point_sup.data.nuclei`.
+:func:`register_nuclei` registers the small real nuclei dataset of :mod:`point_sup.data.nuclei`, and
+:func:`register_nuclei_folds` its K-fold protocol: ``nuclei_fold{k}of{K}_train`` / ``_val`` (masks),
+``nuclei_fold{k}of{K}_train_p{N}`` (P_N), ``nuclei_fold{k}of{K}_train_p{N}_m10`` / ``_b50`` (mixed) and
+``nuclei_fold{k}of{K}_train_boxes`` (box only).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from point_sup_labels.point_file import write_point_annotation_file
 
 from .cityscapes import register_cityscapes_fallback
 from .datasets import register_coco_instances_with_points, register_lvis_instances_with_points
-from .nuclei import build_nuclei_coco
+from .nuclei import DEFAULT_NUM_FOLDS, build_nuclei_coco, build_nuclei_folds_coco
 
 __all__ = [
     "BOX_ONLY_SUFFIX",
@@ -70,6 +73,7 @@ __all__ = [
     "register_box_only_dataset",
     "register_nuclei",
     "register_nuclei_files",
+    "register_nuclei_folds",
     "register_point_datasets",
 ]
 
@@ -289,19 +293,76 @@ def register_nuclei(
         p_json = paths[split].with_name(f"nuclei_{split}_p{num_points}.json")
         write_point_annotation_file(paths[split], p_json, num_points=num_points, seed=seed)
         paths[f"{split}_p{num_points}"] = p_json
+    paths.update(_write_mixed_point_files(paths["train"], "nuclei_train", num_points, seed))
+    register_nuclei_files(root, replace=True)
+    return paths
+
+
+def _write_mixed_point_files(train_json: Path, stem: str, num_points: int, seed: int) -> dict[str, Path]:
+    """The :data:`NUCLEI_MIXED` files ``{stem}_p{N}_{key}.json`` next to ``train_json``, keyed
+    ``train_p{N}_{key}``."""
+    paths = {}
     for key, (masks, boxes) in NUCLEI_MIXED.items():
         name = f"train_p{num_points}_{key}"
-        paths[name] = paths["train"].with_name(f"nuclei_{name}.json")
+        paths[name] = train_json.with_name(f"{stem}_p{num_points}_{key}.json")
         write_point_annotation_file(
-            paths["train"],
+            train_json,
             paths[name],
             num_points=num_points,
             seed=seed,
             keep_masks_fraction=masks,
             box_only_fraction=boxes,
         )
-    register_nuclei_files(root, replace=True)
     return paths
+
+
+def register_nuclei_folds(
+    root: str | os.PathLike,
+    num_folds: int = DEFAULT_NUM_FOLDS,
+    folds: Iterable[int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    num_points: int = 10,
+    seed: int = 0,
+) -> dict[int, dict[str, Path]]:
+    """Build the folds ``folds`` (default all) of the nuclei K-fold protocol under ``root`` and
+    register them with their P_N and box-only versions (:mod:`point_sup.data.nuclei`).
+
+    Registered names, for each fold k of K = ``num_folds``:
+
+    - ``nuclei_fold{k}of{K}_train`` and ``nuclei_fold{k}of{K}_val``: masks (compressed RLE: use
+      ``INPUT.MASK_FORMAT = "bitmask"``); the validation set has crowd annotations for the parts of
+      nuclei scored in another tile (:func:`point_sup.data.nuclei.nuclei_folds`).
+    - ``nuclei_fold{k}of{K}_train_p{N}``: P_N simulated from the training masks as ``nuclei_train_p{N}``
+      is (``num_points``, ``seed``: the seed is the points' version; the file is overwritten by
+      each call, as :func:`register_nuclei` does).
+    - ``nuclei_fold{k}of{K}_train_p{N}_m10`` / ``_b50``: the mixed-supervision sets of
+      :data:`NUCLEI_MIXED`, same simulator and seed.
+    - ``nuclei_fold{k}of{K}_train_boxes`` (and ``_val_boxes``): the box-only views
+      (:func:`register_box_only_dataset`).
+
+    Like :func:`register_nuclei` this writes files (:func:`point_sup.data.nuclei.build_nuclei_folds_coco`)
+    and replaces earlier registrations of the nuclei names under ``root``; built under
+    ``$DETECTRON2_DATASETS/nuclei``, the folds are registered again by every later ``import point_sup``.
+    Other P_N variants of a fold (another N, label noise) are written by the caller next to the
+    fold's training file as ``nuclei_fold{k}of{K}_train_p{N}[_...].json`` and registered by
+    :func:`register_nuclei_files`.
+
+    Raises:
+        ValueError: ``num_folds`` or a fold index is not allowed (the message names it).
+
+    Returns:
+        ``{k: {"train": json, "val": json, "train_p{N}": json, "train_p{N}_m10": json,
+        "train_p{N}_b50": json, "image_root": dir}}`` for each fold k built.
+    """
+    built = build_nuclei_folds_coco(root, num_folds, folds, cache_dir)
+    for paths in built.values():
+        stem = paths["train"].stem  # nuclei_fold{k}of{K}_train
+        p_json = paths["train"].with_name(f"{stem}_p{num_points}.json")
+        write_point_annotation_file(paths["train"], p_json, num_points=num_points, seed=seed)
+        paths[f"train_p{num_points}"] = p_json
+        paths.update(_write_mixed_point_files(paths["train"], stem, num_points, seed))
+    register_nuclei_files(root, replace=True)
+    return built
 
 
 def register_nuclei_files(root: str | os.PathLike, replace: bool = False) -> list[str]:
