@@ -14,7 +14,11 @@ Variants, each a whole model built from its own config (``configs/nuclei/...``, 
 * ``condinst P10``: CondInst from points, 5 of the 10 per object per iteration
   (``condinst_R_18_FPN_P10``; ``condinst_R_50_FPN_3x_P10_point_aug``);
 * ``boxinst B``: BoxInst from boxes only, projection + pairwise losses (``boxinst_R_18_FPN_B``;
-  ``boxinst_R_50_FPN_3x_B``).
+  ``boxinst_R_50_FPN_3x_B``);
+* ``mask_rcnn P10 + box prior`` and ``condinst P10 + box prior`` (issue 26, ``MODEL.BOX_PRIOR``): the
+  P10 models plus BoxInst's two box terms (``*_P10_box_prior``; ``*_3x_P10_point_aug_box_prior``).
+  The goals: Mask R-CNN with the prior at most 1.15x the Mask R-CNN P10 step, CondInst with the
+  prior at most 1.05x BoxInst's step (the box terms are BoxInst's own; the point loss is cheap).
 
 Every variant trains on the same nuclei images (``point_sup.data.register_nuclei(root, seed=0)``)
 in the same order, through the trainer's own loader (``PointSupTrainer.build_train_loader``) on its
@@ -51,7 +55,20 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "condinst M": ("nuclei/condinst_R_18_FPN_M.yaml", "COCO/condinst_R_50_FPN_3x_M.yaml"),
     "condinst P10": ("nuclei/condinst_R_18_FPN_P10.yaml", "COCO/condinst_R_50_FPN_3x_P10_point_aug.yaml"),
     "boxinst B": ("nuclei/boxinst_R_18_FPN_B.yaml", "COCO/boxinst_R_50_FPN_3x_B.yaml"),
+    "mask_rcnn P10 + box prior": (
+        "nuclei/mask_rcnn_R_18_FPN_P10_box_prior.yaml",
+        "COCO/mask_rcnn_R_50_FPN_3x_P10_point_aug_box_prior.yaml",
+    ),
+    "condinst P10 + box prior": (
+        "nuclei/condinst_R_18_FPN_P10_box_prior.yaml",
+        "COCO/condinst_R_50_FPN_3x_P10_point_aug_box_prior.yaml",
+    ),
 }
+# The box prior's goals (issue 26): (variant, its reference, the largest step-time ratio).
+BOX_PRIOR_GOALS = (
+    ("mask_rcnn P10 + box prior", BASELINE, 1.15),
+    ("condinst P10 + box prior", "boxinst B", 1.05),
+)
 # The COCO configs' training sets -> the nuclei views with the same kind of annotation.
 COCO_TO_NUCLEI = {
     "coco_2017_train": "nuclei_train",
@@ -157,17 +174,22 @@ def main() -> None:
         print("WARNING: the variants saw different images:")
         for name, batches in seen.items():
             print(f"  {name}: {batches}")
-    print(f"{'variant':<26}{'dataset':<20}{'step (s)':>10}{'x base':>8}{'peak MiB':>10}{'x base':>8}")
+    print(f"{'variant':<28}{'dataset':<20}{'step (s)':>10}{'x base':>8}{'peak MiB':>10}{'x base':>8}")
     ratios = {}
     for name, r in results.items():
         rs = r["step_s"] / base["step_s"] if base else float("nan")
         rm = r["peak_mib"] / base["peak_mib"] if base else float("nan")
         ratios[name] = (rs, rm)
-        print(f"{name:<26}{r['dataset']:<20}{r['step_s']:>10.3f}{rs:>8.2f}{r['peak_mib']:>10.0f}{rm:>8.2f}")
+        print(f"{name:<28}{r['dataset']:<20}{r['step_s']:>10.3f}{rs:>8.2f}{r['peak_mib']:>10.0f}{rm:>8.2f}")
     print(f"\nratios to {BASELINE}, measured in this run:")
     for name, (rs, rm) in ratios.items():
         if name != BASELINE:
-            print(f"  {name:<16} step time x{rs:.2f}  peak memory x{rm:.2f}")
+            print(f"  {name:<26} step time x{rs:.2f}  peak memory x{rm:.2f}")
+    for name, reference, goal in BOX_PRIOR_GOALS:
+        if name in results and reference in results:
+            ratio = results[name]["step_s"] / results[reference]["step_s"]
+            verdict = "met" if ratio <= goal else "NOT met"
+            print(f"box prior: {name} / {reference} step time x{ratio:.2f} (goal <= {goal}: {verdict})")
 
 
 if __name__ == "__main__":

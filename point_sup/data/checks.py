@@ -138,7 +138,8 @@ def check_point_supervision(
             _check_box_only(name, samples)
             continue
         if mixed:
-            _check_mix(name, dicts, cfg.MODEL.MIXED_SUP.BOTH, is_condinst(cfg) and cfg.MODEL.BOXINST.ENABLED)
+            box_losses = bool(cfg.MODEL.BOX_PRIOR.ENABLED) or (is_condinst(cfg) and cfg.MODEL.BOXINST.ENABLED)
+            _check_mix(name, dicts, cfg.MODEL.MIXED_SUP.BOTH, box_losses)
             continue
         if point_sup:
             required, remedy = (
@@ -194,7 +195,7 @@ def _check_mix(name: str, dicts: Sequence[dict], both: str, box_losses: bool) ->
             f"dataset '{name}': none of its {counts['box']} objects has a mask ('segmentation') or "
             "labelled points ('point_coords'/'point_labels'), so MODEL.MIXED_SUP trains no mask; give "
             "some objects masks or points (tools/prepare_point_annotations.py, tools/annotate.py), or "
-            "train CondInst with MODEL.BOXINST.ENABLED"
+            "train with the box terms (MODEL.BOX_PRIOR.ENABLED, or CondInst's MODEL.BOXINST.ENABLED)"
         )
 
 

@@ -132,13 +132,13 @@ def test_a_budget_that_runs_out_skips_and_lists_rows_instead_of_running_over(tmp
     assert "CUDA is not available" in proc.stdout
     statuses = {r["row"]: r["status"] for r in results["results"]}
     assert statuses.pop("D2 Mask R-CNN (baseline)") == "ok"  # the baseline always runs
-    assert len(statuses) == 14 and set(statuses.values()) == {"skipped"}
+    assert len(statuses) == 16 and set(statuses.values()) == {"skipped"}
     skipped = next(ln for ln in proc.stdout.splitlines() if ln.startswith("SKIPPED for the time budget"))
     assert all(f"{name} (AMP off)" in skipped for name in statuses)
-    assert "CPU dry run passed: 0 of 1 runs failed, 14 skipped" in proc.stdout
+    assert "CPU dry run passed: 0 of 1 runs failed, 16 skipped" in proc.stdout
 
 
-@pytest.mark.slow  # 30 runs (15 rows x AMP off/on) of 2 iterations and one inference: 25-45 s on 2 cores
+@pytest.mark.slow  # 34 runs (17 rows x AMP off/on) of 2 iterations and one inference: 25-45 s on 2 cores
 def test_dry_run_without_cuda_trains_every_row_with_and_without_amp_and_exits_0(tmp_path, nuclei_datasets):
     proc, results = _run(tmp_path, nuclei_datasets)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -147,17 +147,17 @@ def test_dry_run_without_cuda_trains_every_row_with_and_without_amp_and_exits_0(
         "CUDA is not available: no GPU acceptance is measured here; CPU dry run of every row."
     )
     assert re.search(
-        r"CPU dry run passed: 0 of 30 runs failed, 0 skipped; \d+ s in all; no GPU measured\.", out
+        r"CPU dry run passed: 0 of 34 runs failed, 0 skipped; \d+ s in all; no GPU measured\.", out
     )
     for stem in SHIPPED:
         assert stem in out, stem
     rows = _table_rows(out)
-    assert len(rows) == 30
+    assert len(rows) == 34
     for name, amp, step_s, ratio, _, _, _, finite, infer_s, detections, _ in rows:
         assert amp in ("off", "on") and float(step_s) > 0 and float(ratio) > 0, name
         assert finite == "yes" and float(infer_s) > 0 and int(detections) > 0, name
     assert rows[0][:2] == ["D2 Mask R-CNN (baseline)", "off"] and rows[0][3] == rows[1][3] == "1.00"
-    assert len(results["results"]) == 30
+    assert len(results["results"]) == 34
     for r in results["results"]:
         assert r["status"] == "ok" and r["finite"] and not r["infer_error"], r
         assert r["iters"] == 2 and r["frozen_bn_calibrated"] == 53 and r["last_losses"]

@@ -592,3 +592,27 @@ def test_cited_values_equal_detectron2s_files_where_installed(relative):
     cfg.merge_from_file(str(projects / relative))
     cited = resolve_counterpart(Counterpart(BASE, CITED_FILES[relative]))
     assert flatten(cfg) == flatten(cited)
+
+
+# Points plus the box prior (issue 26, not in the paper): the P10 + point aug. rows with BoxInst's two
+# box terms on the same objects (MODEL.BOX_PRIOR); the ROI heads hand the RoIs' colours to the head.
+BOX_PRIOR = {"MODEL.BOX_PRIOR.ENABLED": (True, "P10 plus the box's projection and pairwise terms (issue 26)")}
+COUNTERPARTS.update(
+    {
+        "COCO/mask_rcnn_R_50_FPN_3x_P10_point_aug_box_prior.yaml": Counterpart(
+            "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml",
+            [POINT_SUP_P10, POINT_SUP_POINT_AUG],
+            {
+                "MODEL.ROI_MASK_HEAD.NAME": HEAD_P10["MODEL.ROI_MASK_HEAD.NAME"],
+                **COCO_P10,
+                **BOX_PRIOR,
+                "MODEL.ROI_HEADS.NAME": ("PointSupROIHeads", "hands the RoIs' colours to the mask head"),
+            },
+        ),
+        "COCO/condinst_R_50_FPN_3x_P10_point_aug_box_prior.yaml": Counterpart(
+            None,
+            [ADELAIDET_CONDINST_BASE, ADELAIDET_R50_3X],
+            {**CONDINST_ARCH, **CONDINST_P10, **COCO_P10, **BOX_PRIOR},
+        ),
+    }
+)

@@ -53,7 +53,10 @@ def test_point_supervised_configs_name_point_sup_heads(path):
             assert path.stem.startswith("condinst_"), path
         else:
             assert cfg.MODEL.ROI_MASK_HEAD.NAME.startswith("PointSup"), f"{path}: needs a point_sup head"
-    if cfg.MODEL.MIXED_SUP.ENABLED:  # mixed files say so, and train on a mixed set
+    if cfg.MODEL.MIXED_SUP.ENABLED and cfg.MODEL.BOX_PRIOR.ENABLED and path.stem.endswith("_B_box_prior"):
+        # The ROI heads' box-only row: every object box only, masks from the box prior alone.
+        assert all(name.endswith("_boxes") for name in cfg.DATASETS.TRAIN), path
+    elif cfg.MODEL.MIXED_SUP.ENABLED:  # mixed files say so, and train on a mixed set
         assert path.stem.endswith("_mixed") and not cfg.INPUT.POINT_SUP, path
         assert all(name.endswith(("_m10", "_b50")) for name in cfg.DATASETS.TRAIN), path
         if not is_condinst(cfg):

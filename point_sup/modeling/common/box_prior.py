@@ -99,21 +99,16 @@ class BoxPriorOptions:
     @classmethod
     def from_config(cls, cfg: CfgNode) -> BoxPriorOptions:
         """The options of ``cfg``; ValueError naming the keys for settings the prior does not take:
-        no point supervision to add it to, BoxInst (which has the terms already), or R-CNN ROI heads
-        other than :data:`BOX_PRIOR_ROI_HEADS`."""
+        no point supervision to add it to (BoxInst without points has the terms already), or R-CNN
+        ROI heads other than :data:`BOX_PRIOR_ROI_HEADS`."""
         prior, pw = cfg.MODEL.BOX_PRIOR, cfg.MODEL.BOXINST.PAIRWISE
         if not prior.ENABLED:
             return cls()
-        mixed = is_mixed_supervision(cfg)
-        if not (cfg.INPUT.POINT_SUP or mixed):
+        if not (cfg.INPUT.POINT_SUP or is_mixed_supervision(cfg)):
             raise ValueError(
                 "MODEL.BOX_PRIOR.ENABLED adds the box terms to point supervision: turn on "
                 "INPUT.POINT_SUP or MODEL.MIXED_SUP.ENABLED (boxes alone: MODEL.BOXINST.ENABLED for "
                 "CondInst, or MODEL.MIXED_SUP with box-only objects)"
-            )
-        if is_condinst(cfg) and cfg.MODEL.BOXINST.ENABLED and not mixed:
-            raise ValueError(
-                "MODEL.BOX_PRIOR.ENABLED and MODEL.BOXINST.ENABLED: BoxInst has the box terms already"
             )
         if not is_condinst(cfg) and cfg.MODEL.ROI_HEADS.NAME != BOX_PRIOR_ROI_HEADS:
             raise ValueError(

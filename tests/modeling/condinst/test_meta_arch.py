@@ -189,6 +189,7 @@ def _full_gt(image_size, boxes):
         "configs/nuclei/condinst_R_18_FPN_M.yaml",
         "configs/nuclei/condinst_R_18_FPN_P10.yaml",
         "configs/nuclei/boxinst_R_18_FPN_B.yaml",
+        "configs/nuclei/condinst_R_18_FPN_P10_box_prior.yaml",
     ],
 )
 def test_trains_on_empty_images_zero_instances_and_degenerate_boxes_and_gradients_reach_the_heads(config):
@@ -658,3 +659,35 @@ def test_the_deprecated_inference_argument_for_given_boxes_gives_the_engines_mas
     assert torch.equal(ours.pred_masks, old.pred_masks)
     outside = ~box_cells_at_stride(given.pred_boxes.tensor, (64, 96), 1)
     assert not (ours.pred_masks & outside).any()
+
+
+BOX_PRIOR_P10 = "configs/nuclei/condinst_R_18_FPN_P10_box_prior.yaml"
+
+
+def test_points_with_the_box_prior_are_the_point_loss_plus_the_weighted_box_terms():
+    """``MODEL.BOX_PRIOR``: today's P10 losses unchanged, plus BoxInst's two terms on the same
+    instances, each scaled by its weight; box-only objects of a mixed set get the terms too."""
+    no_warmup = ["MODEL.BOXINST.PAIRWISE.WARMUP_ITERS", 0]
+    p10 = _model(config="configs/nuclei/condinst_R_18_FPN_P10.yaml")
+    unit = _model(*no_warmup, config=BOX_PRIOR_P10)
+    weighted = _model(
+        *no_warmup,
+        "MODEL.BOX_PRIOR.PROJECTION_WEIGHT",
+        2.0,
+        "MODEL.BOX_PRIOR.PAIRWISE_WEIGHT",
+        0.5,
+        config=BOX_PRIOR_P10,
+    )
+    unit.load_state_dict(p10.state_dict())
+    weighted.load_state_dict(p10.state_dict())
+    size = (64, 96)
+    batch = [_batch(size, _full_gt(size, MIXED_BOXES), seed=1), _batch(size, _full_gt(size, []), seed=2)]
+    a, b, c = (_condinst_losses(m, batch) for m in (p10, unit, weighted))
+    assert set(b) == set(c) == set(a) | {"loss_prj", "loss_pairwise"}
+    for name in a:
+        assert torch.equal(a[name], b[name]) and torch.equal(a[name], c[name]), name
+    assert b["loss_prj"] > 0 and b["loss_pairwise"] > 0
+    torch.testing.assert_close(c["loss_prj"], 2.0 * b["loss_prj"])
+    torch.testing.assert_close(c["loss_pairwise"], 0.5 * b["loss_pairwise"])
+    mixed = _model("INPUT.POINT_SUP", False, "MODEL.MIXED_SUP.ENABLED", True, config=BOX_PRIOR_P10)
+    assert _kinds(mixed) == [Supervision.MASK, Supervision.POINTS, Supervision.BOX]
