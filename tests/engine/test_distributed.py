@@ -32,6 +32,8 @@ CONFIGS = [
     "implicit_point_rend_R_50_FPN_3x_mixed",
     "condinst_R_50_FPN_3x_mixed",
     "boxinst_R_50_FPN_3x_mixed",
+    "mask_rcnn_R_50_FPN_3x_P10_point_aug_box_prior",
+    "condinst_R_50_FPN_3x_P10_point_aug_box_prior",
 ]
 
 
