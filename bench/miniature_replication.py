@@ -230,6 +230,23 @@ ROWS: dict[str, Row] = {
         reference="CondInst M",
         paired="CondInst P10",
     ),
+    # Which of the two terms moves Mask R-CNN P10 (the other's weight 0).
+    "Mask R-CNN P10 + projection only": Row(
+        f"{NUCLEI}/mask_rcnn_R_18_FPN_P10_box_prior.yaml",
+        None,
+        "ours, box prior",
+        ("MODEL.BOX_PRIOR.PAIRWISE_WEIGHT", 0.0),
+        points=Points(10),
+        paired="Mask R-CNN P10",
+    ),
+    "Mask R-CNN P10 + pairwise only": Row(
+        f"{NUCLEI}/mask_rcnn_R_18_FPN_P10_box_prior.yaml",
+        None,
+        "ours, box prior",
+        ("MODEL.BOX_PRIOR.PROJECTION_WEIGHT", 0.0),
+        points=Points(10),
+        paired="Mask R-CNN P10",
+    ),
 }
 BOX_PRIOR_ROWS = ("Mask R-CNN P10 + box prior", "Mask R-CNN B (box prior)", "CondInst P10 + box prior")
 STUDIES: dict[str, list[str]] = {
