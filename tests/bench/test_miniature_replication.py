@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -26,6 +27,21 @@ def bench():
         yield module
     finally:
         sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(autouse=True)
+def _restore_loggers():
+    """bench.main sets up Detectron2's loggers on pytest's captured streams, which close after the
+    test: the handlers it adds go again (and setup_logger's cache with them), so that later tests'
+    log records do not hit a closed stream."""
+    from detectron2.utils import logger as d2_logger
+
+    names = ("point_sup", "detectron2", "d2", "fvcore")
+    before = {name: list(logging.getLogger(name).handlers) for name in names}
+    yield
+    for name, handlers in before.items():
+        logging.getLogger(name).handlers[:] = handlers
+    d2_logger.setup_logger.cache_clear()
 
 
 def test_fold_training_sets(bench):
