@@ -4,9 +4,10 @@ All maps are in the stride-s frame of point_sup.modeling.condinst.dynamic_mask_h
 input coordinates ``[c s, (c + 1) s) x [r s, (r + 1) s)``.
 
 M (CondInst's loss)
-    :func:`~point_sup.modeling.common.box_terms.dice_loss` of the predicted probabilities against the ground-truth mask sampled at stride
-    s (:func:`mask_cells_at_stride`: the input pixel ``(r s + s // 2, c s + s // 2)``, CondInst's),
-    sampled from boolean masks on their device (the model's); the loss is computed in float32.
+    :func:`~point_sup.modeling.common.box_terms.dice_loss` of the predicted probabilities against the
+    ground-truth mask sampled at stride s (:func:`mask_cells_at_stride`: the input pixel
+    ``(r s + s // 2, c s + s // 2)``, CondInst's), sampled from boolean masks on their device (the
+    model's); the loss is computed in float32.
 P_N (paper footnote 2)
     per-point cross-entropy *without interpolation*: each labelled point reads the logit of the cell
     that contains it, ``(floor(y / s), floor(x / s))`` (:func:`point_logits_at_cells`); points outside
