@@ -174,6 +174,15 @@ def _instance_annotations(
     return anns
 
 
+def _output_dirs(out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``out_dir/images`` and ``out_dir/annotations``, created if missing."""
+    out = Path(out_dir)
+    image_root, ann_dir = out / "images", out / "annotations"
+    image_root.mkdir(parents=True, exist_ok=True)
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    return image_root, ann_dir
+
+
 def build_nuclei_coco(
     out_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None
 ) -> dict[str, Path]:
@@ -185,11 +194,7 @@ def build_nuclei_coco(
     Returns:
         ``{"train": json_path, "val": json_path, "image_root": images_dir}``.
     """
-    out = Path(out_dir)
-    image_root = out / "images"
-    ann_dir = out / "annotations"
-    image_root.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    image_root, ann_dir = _output_dirs(out_dir)
     image, labels = load_nuclei(cache_dir)
     result: dict[str, Path] = {"image_root": image_root}
     for split, regions in NUCLEI_SPLITS.items():
@@ -411,11 +416,7 @@ def build_nuclei_folds_coco(
         ``{k: {"train": json_path, "val": json_path, "image_root": images_dir}}`` for each fold k written.
     """
     selected = check_fold_indices(folds, num_folds)
-    out = Path(out_dir)
-    image_root = out / "images"
-    ann_dir = out / "annotations"
-    image_root.mkdir(parents=True, exist_ok=True)
-    ann_dir.mkdir(parents=True, exist_ok=True)
+    image_root, ann_dir = _output_dirs(out_dir)
     image, labels = load_nuclei(cache_dir)
     layout = nuclei_folds(labels, num_folds)
     missing = unscored_nuclei(labels, layout)

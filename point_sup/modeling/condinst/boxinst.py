@@ -6,15 +6,8 @@ them too); their names are re-exported here.
 Maps are in the stride-s frame of point_sup.modeling.condinst.dynamic_mask_head (s = 4 for the mask
 output): cell ``(r, c)`` covers input ``[c s, (c + 1) s) x [r s, (r + 1) s)``.
 
-Projection loss (:func:`projection_loss`)
-    dice (point_sup.modeling.common.box_terms.dice_loss) between the max projections of the predicted
-    probabilities and of the box mask, onto the x axis and onto the y axis, summed.
-Pairwise affinity loss (:func:`pairwise_loss`)
-    for every cell and each of its neighbours in a ``size x size`` window with dilation ``d`` (the
-    centre excluded: 8 for 3x3), ``-log P(same label)`` with ``P = p_i p_j + (1 - p_i)(1 - p_j)``,
-    averaged over the pairs whose colour similarity is at least the threshold (0.3) and whose centre
-    cell lies in the box; ramped up linearly over ``MODEL.BOXINST.PAIRWISE.WARMUP_ITERS``
-    (:func:`pairwise_warmup`).
+Projection and pairwise terms (:func:`projection_loss`, :func:`pairwise_loss`, warmed up by
+:func:`pairwise_warmup`): point_sup.modeling.common.box_terms, on the stride-s maps here.
 Colour similarity (:func:`cell_color_similarity`)
     ``exp(-||Lab_i - Lab_j|| / 2)`` of the input image (:func:`input_rgb`) average-pooled to stride s
     and converted to CIE Lab (:func:`rgb_to_lab`, sRGB with the D65 white); pairs with a cell outside
