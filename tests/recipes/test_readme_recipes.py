@@ -132,7 +132,9 @@ def _segm_results(record: dict, work: Path) -> dict:
     """The mask metrics the command's evaluation reported: what --eval-only returns, or what the
     trainer's final evaluation wrote to metrics.json (``segm/AP``, ...)."""
     if "--eval-only" in record["argv"]:
-        segm = record["result"]["segm"]
+        # run_recipes.py writes a NaN metric (an evaluation without detections, which a model of this
+        # scale can end with, as the training's own final evaluation reports) as "nan".
+        segm = {k: float(v) if v == "nan" else v for k, v in record["result"]["segm"].items()}
     else:
         metrics = [
             json.loads(line)
