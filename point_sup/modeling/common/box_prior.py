@@ -101,7 +101,7 @@ class BoxPriorOptions:
         """The options of ``cfg``; ValueError naming the keys for settings the prior does not take:
         no point supervision to add it to (BoxInst without points has the terms already), or R-CNN
         ROI heads other than :data:`BOX_PRIOR_ROI_HEADS`."""
-        prior, pw = cfg.MODEL.BOX_PRIOR, cfg.MODEL.BOXINST.PAIRWISE
+        prior = cfg.MODEL.BOX_PRIOR
         if not prior.ENABLED:
             return cls()
         if not (cfg.INPUT.POINT_SUP or is_mixed_supervision(cfg)):
@@ -120,7 +120,7 @@ class BoxPriorOptions:
             projection_weight=float(prior.PROJECTION_WEIGHT),
             pairwise_weight=float(prior.PAIRWISE_WEIGHT),
             grid_size=int(prior.GRID_SIZE),
-            pairwise=PairwiseOptions(pw.SIZE, pw.DILATION, pw.COLOR_THRESH, pw.WARMUP_ITERS),
+            pairwise=PairwiseOptions.from_config(cfg),
         )
 
 

@@ -76,6 +76,12 @@ class PairwiseOptions:
     color_thresh: float = 0.3
     warmup_iters: int = 10000
 
+    @classmethod
+    def from_config(cls, cfg) -> PairwiseOptions:
+        """The options of ``cfg.MODEL.BOXINST.PAIRWISE`` (BoxInst's term and the box prior's)."""
+        pw = cfg.MODEL.BOXINST.PAIRWISE
+        return cls(pw.SIZE, pw.DILATION, pw.COLOR_THRESH, pw.WARMUP_ITERS)
+
 
 # sRGB (linear) to CIE XYZ, D65 (IEC 61966-2-1), and the D65 reference white.
 _RGB_TO_XYZ = (

@@ -273,10 +273,8 @@ class BoxInstMaskLoss(MaskLoss):
         with torch.no_grad():
             similarity = self.color_similarity(inputs, map_size)[inst.image_index]
         pairwise = pairwise_loss(logits, similarity, box_masks, self.offsets, self.pairwise.color_thresh)
-        if self.projection_weight != 1.0:
-            prj = prj * self.projection_weight
         factor = self.pairwise_weight * pairwise_warmup(self.pairwise.warmup_iters)
-        return {"loss_prj": prj, "loss_pairwise": pairwise * factor}
+        return {"loss_prj": prj * self.projection_weight, "loss_pairwise": pairwise * factor}
 
 
 class PointsWithBoxPriorLoss(MaskLoss):
@@ -344,21 +342,13 @@ def build_mask_loss(cfg: CfgNode) -> MaskLoss:
     options = PointLossOptions.from_config(cfg)
     prior = BoxPriorOptions.from_config(cfg)
     boxinst = cfg.MODEL.BOXINST
-    pw = boxinst.PAIRWISE
+    # BoxInst's terms weigh 1; with the box prior they carry its weights (same terms, same objects).
+    weights = (prior.projection_weight, prior.pairwise_weight) if prior.enabled else (1.0, 1.0)
     boxes = BoxInstMaskLoss(
-        PairwiseOptions(pw.SIZE, pw.DILATION, pw.COLOR_THRESH, pw.WARMUP_ITERS),
-        boxinst.BOTTOM_PIXELS_REMOVED,
-        cfg.INPUT.FORMAT,
+        PairwiseOptions.from_config(cfg), boxinst.BOTTOM_PIXELS_REMOVED, cfg.INPUT.FORMAT, *weights
     )
     points: MaskLoss = PointMaskLoss(cfg.MODEL.CONDINST.POINT_LOGITS, options.normalization)
     if prior.enabled:
-        boxes = BoxInstMaskLoss(
-            prior.pairwise,
-            boxinst.BOTTOM_PIXELS_REMOVED,
-            cfg.INPUT.FORMAT,
-            prior.projection_weight,
-            prior.pairwise_weight,
-        )
         points = PointsWithBoxPriorLoss(points, boxes)
     if supervision in ("points", "boxes"):
         return points if supervision == "points" else boxes
